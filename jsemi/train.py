@@ -1,0 +1,437 @@
+"""Jitted training: standard and adversarial steps with a frozen part, and batched evaluation.
+
+Design:
+
+- ``TrainState`` holds the full variables (``params`` and ``batch_stats``) and an
+  optax transformation built by ``make_optimizer``: ``optax.multi_transform``
+  sends trainable leaves to the base optimizer (SGD/Adam with weight decay) and
+  frozen leaves to ``optax.set_to_zero`` (no update, no weight decay, no
+  optimizer state).
+- The loss is differentiated only with respect to the trainable parameters
+  (frozen ones are closed over as constants), so the parameter backward pass
+  stops at the fa/fb boundary.  The adversarial example is still computed with
+  the input gradient through the whole network.
+- Frozen layers run their BatchNorm on running statistics (``frozen=`` argument
+  of every jsemi model), and after every step the frozen leaves of both
+  collections are copied back from the previous state, so they stay
+  bit-identical by construction.
+- Attacks inside training use the model in inference mode (running BatchNorm
+  statistics), like every attack in jsemi.
+
+Units: learning rates per step, ``eps`` and ``attack_step_size`` in pixel units
+of [0, 1] images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jsemi import partition
+from jsemi.validation import check_eps, check_labels
+
+TRAIN_MODES = ("standard", "pgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters (defaults: the paper's CIFAR settings, section 6 of the notes).
+
+    ``mode``: "standard" or "pgd" (PGD adversarial training, L-inf).  ``lr_schedule``:
+    "step" (x0.1 at 1/3 and 2/3 of training, i.e. epochs 40 and 80 of 120),
+    "cosine" or "constant".  ``optimizer``: "sgd" (momentum), "adam" or "adamw".
+    """
+
+    mode: str = "standard"
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "step"
+    epochs: int = 120
+    batch_size: int = 512
+    eps: float = 8 / 255
+    attack_steps: int = 10
+    attack_step_size: float = 2 / 255
+    attack_norm: str = "linf"
+    augment: bool = True
+    flip: bool = True
+    trades_beta: float = 6.0
+    atta_steps: int = 3
+    atta_reset_every: int = 10
+
+    def __post_init__(self):
+        if self.mode not in TRAIN_MODES + ("trades", "atta", "atta_trades"):
+            raise ValueError(f"unknown training mode {self.mode!r}; choose from {TRAIN_MODES + ('trades', 'atta', 'atta_trades')}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose sgd, adam or adamw")
+        if self.lr_schedule not in ("step", "cosine", "constant"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose step, cosine or constant")
+        if self.attack_norm not in ("linf", "l2"):
+            raise ValueError(f"attack_norm must be 'linf' or 'l2', got {self.attack_norm!r}")
+        check_eps(self.eps, "eps")
+        check_eps(self.attack_step_size, "attack_step_size")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("epochs", "batch_size", "attack_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class TrainState(struct.PyTreeNode):
+    """Full variables plus optimizer state; ``trainable`` is the static set of trainable layers."""
+
+    step: jnp.ndarray
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    trainable: tuple[int, ...] = struct.field(pytree_node=False)
+    n_layers: int = struct.field(pytree_node=False)
+
+    @property
+    def variables(self) -> dict:
+        v = {"params": self.params}
+        if self.batch_stats:
+            v["batch_stats"] = self.batch_stats
+        return v
+
+    @property
+    def frozen(self) -> tuple[int, ...]:
+        return tuple(j for j in range(1, self.n_layers + 1) if j not in self.trainable)
+
+
+def lr_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """Learning rate per step for ``config.epochs`` epochs of ``steps_per_epoch`` steps."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.lr_schedule == "constant":
+        return optax.constant_schedule(config.lr)
+    if config.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(config.lr, total)
+    b1, b2 = round(total / 3), round(2 * total / 3)
+    return optax.piecewise_constant_schedule(config.lr, {b1: 0.1, b2: 0.1})
+
+
+def make_optimizer(config: TrainConfig, labels: Any, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Optax transform: base optimizer on leaves labelled 'train', ``set_to_zero`` on 'frozen'.
+
+    Weight decay (L2 added to the gradient for SGD/Adam, decoupled for AdamW) applies to
+    the trainable leaves only.
+    """
+    sched = lr_schedule(config, steps_per_epoch)
+    if config.optimizer == "sgd":
+        base = optax.chain(
+            optax.add_decayed_weights(config.weight_decay),
+            optax.sgd(sched, momentum=config.momentum),
+        )
+    elif config.optimizer == "adam":
+        base = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(sched))
+    else:
+        base = optax.adamw(sched, weight_decay=config.weight_decay)
+    return optax.multi_transform({"train": base, "frozen": optax.set_to_zero()}, labels)
+
+
+def create_train_state(
+    variables: dict,
+    config: TrainConfig,
+    steps_per_epoch: int,
+    trainable_layers: Iterable[int] | None = None,
+) -> TrainState:
+    """Builds a ``TrainState``; ``trainable_layers`` (1-based weight-layer indices) default to all.
+
+    Raises ValueError for unknown layer indices or an empty trainable set.
+    """
+    params = variables["params"]
+    n = max(partition.layer_indices(params))
+    if trainable_layers is None:
+        trainable = tuple(range(1, n + 1))
+    else:
+        trainable = tuple(sorted(set(int(j) for j in trainable_layers)))
+        if not trainable:
+            raise ValueError("trainable_layers is empty: nothing would be trained")
+        partition.layer_mask(variables, trainable)  # validates the indices
+    labels = partition.mask_by(params, lambda p, _: partition.layer_index(p) in trainable)
+    labels = jax.tree_util.tree_map(lambda t: "train" if t else "frozen", labels)
+    tx = make_optimizer(config, labels, steps_per_epoch)
+    params = partition._as_dict(params)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=partition._as_dict(variables.get("batch_stats", {})),
+        opt_state=tx.init(params),
+        tx=tx,
+        trainable=trainable,
+        n_layers=n,
+    )
+
+
+def _split_trainable(tree: Any, trainable: tuple[int, ...]) -> tuple[dict, dict]:
+    train, frozen = {}, {}
+    for p, leaf in partition._leaves_with_paths(tree):
+        partition._insert(train if partition.layer_index(p) in trainable else frozen, p, leaf)
+    return train, frozen
+
+
+def to_unit_float(x: jnp.ndarray) -> jnp.ndarray:
+    """uint8 images -> float32 in [0, 1]; floating images are cast to float32 unchanged."""
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) / 255.0
+    return x.astype(jnp.float32)
+
+
+def cross_entropy(logits: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    """Mean softmax cross-entropy (nats) of integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
+
+
+def _threat(config: TrainConfig):
+    from jsemi.attacks import L2Ball, LinfBall
+
+    return LinfBall(config.eps) if config.attack_norm == "linf" else L2Ball(config.eps)
+
+
+def adversarial_inputs(model: nn.Module, variables: dict, x, y, key, config: TrainConfig):
+    """PGD examples against the model in inference mode (``config.attack_steps`` steps, random start)."""
+    from jsemi.attacks import pgd
+
+    def logits_fn(z):
+        return model.apply(variables, z, train=False)
+
+    return pgd(
+        logits_fn, x, y, key, _threat(config),
+        steps=config.attack_steps, step_size=config.attack_step_size, random_start=True,
+    )
+
+
+def make_train_step(model: nn.Module, config: TrainConfig) -> Callable:
+    """Returns a jitted ``step(state, x, y, key) -> (state, metrics)``.
+
+    ``x`` may be uint8 or float NHWC; metrics are the mean loss (nats) and the accuracy
+    on the inputs actually trained on (adversarial ones in adversarial modes).
+    """
+    loss_fns = _loss_registry()
+    if config.mode not in loss_fns:
+        raise ValueError(f"training mode {config.mode!r} is not available; have {sorted(loss_fns)}")
+    mode_loss = loss_fns[config.mode]
+
+    def step(state: TrainState, x, y, key, extra=None):
+        x = to_unit_float(x)
+        k_aug, k_adv = jax.random.split(key)
+        if config.augment:
+            from jsemi.data import augment
+
+            x = augment(k_aug, x, flip=config.flip)
+        frozen = state.frozen
+        p_train, p_frozen = _split_trainable(state.params, state.trainable)
+        s_train, s_frozen = _split_trainable(state.batch_stats, state.trainable)
+
+        def forward(p_tr, xin, train=True):
+            variables = {"params": partition.merge(p_tr, p_frozen)}
+            if state.batch_stats:
+                variables["batch_stats"] = state.batch_stats
+                if train:
+                    logits, upd = model.apply(variables, xin, train=True, frozen=frozen, mutable=["batch_stats"])
+                    return logits, upd["batch_stats"]
+            return model.apply(variables, xin, train=False), state.batch_stats
+
+        eval_vars = state.variables
+        loss_and_aux = mode_loss(model, config, forward, eval_vars, x, y, k_adv, extra)
+        (loss, (logits, new_stats, new_extra)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(p_train)
+        # Frozen leaves get zero gradients; multi_transform maps them to set_to_zero.
+        full_grads = partition.merge(grads, jax.tree_util.tree_map(jnp.zeros_like, p_frozen)) if p_frozen else grads
+        updates, opt_state = state.tx.update(full_grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        np_train, _ = _split_trainable(new_params, state.trainable)
+        params = partition.merge(np_train, p_frozen) if p_frozen else np_train
+        if state.batch_stats:
+            ns_train, _ = _split_trainable(new_stats, state.trainable)
+            batch_stats = partition.merge(ns_train, s_frozen) if s_frozen else ns_train
+        else:
+            batch_stats = state.batch_stats
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        metrics = {"loss": loss, "acc": acc}
+        if extra is not None:
+            return new_state, metrics, new_extra
+        return new_state, metrics
+
+    return jax.jit(step)
+
+
+def _standard_loss(model, config, forward, eval_vars, x, y, key, extra):
+    def loss_fn(p_tr):
+        logits, stats = forward(p_tr, x)
+        return cross_entropy(logits, y), (logits, stats, extra)
+
+    return loss_fn
+
+
+def _pgd_loss(model, config, forward, eval_vars, x, y, key, extra):
+    x_adv = jax.lax.stop_gradient(adversarial_inputs(model, eval_vars, x, y, key, config))
+
+    def loss_fn(p_tr):
+        logits, stats = forward(p_tr, x_adv)
+        return cross_entropy(logits, y), (logits, stats, extra)
+
+    return loss_fn
+
+
+_EXTRA_LOSSES: dict[str, Callable] = {}
+
+
+def register_training_mode(name: str, loss_builder: Callable) -> None:
+    """Registers a training mode: ``loss_builder(model, config, forward, eval_vars, x, y, key, extra)``
+    returns ``loss_fn(p_train) -> (loss, (logits, new_batch_stats, new_extra))``."""
+    _EXTRA_LOSSES[name] = loss_builder
+
+
+def _loss_registry() -> dict[str, Callable]:
+    try:  # TRADES / ATTA live in their own module
+        import jsemi.robust_training  # noqa: F401
+    except ImportError:
+        pass
+    return {"standard": _standard_loss, "pgd": _pgd_loss, **_EXTRA_LOSSES}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _pad_batch(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    n = x.shape[0]
+    if n == size:
+        return x, y, n
+    reps = size - n
+    return np.concatenate([x, np.repeat(x[-1:], reps, 0)]), np.concatenate([y, np.repeat(y[-1:], reps, 0)]), n
+
+
+def evaluate(
+    model: nn.Module,
+    variables: dict,
+    images: np.ndarray,
+    labels: np.ndarray,
+    key: jax.Array,
+    attack: Callable | None = None,
+    batch_size: int = 500,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict:
+    """Clean (and attacked, if ``attack(logits_fn, x, y, key)`` is given) accuracy in [0, 1].
+
+    Returns {'acc': clean accuracy, 'adv_acc': attacked accuracy or None, 'n': images}.
+    Batches are padded to one shape so each function compiles once.
+    """
+    labels = np.asarray(labels)
+    num_classes = None
+    check_labels(labels, num_classes, "labels", batch=images.shape[0])
+    if images.shape[0] == 0:
+        raise ValueError("evaluate: empty dataset")
+    if images.dtype != np.uint8:
+        from jsemi.validation import check_images
+
+        check_images(images, "images")
+    bs = min(batch_size, images.shape[0])
+
+    @jax.jit
+    def clean_correct(x, y):
+        x = to_unit_float(x)
+        return jnp.argmax(model.apply(variables, x, train=False), -1) == y
+
+    @jax.jit
+    def adv_correct(x, y, k):
+        x = to_unit_float(x)
+        lf = lambda z: model.apply(variables, z, train=False)
+        xa = attack(lf, x, y, k)
+        return jnp.argmax(lf(xa), -1) == y
+
+    n_batches = math.ceil(images.shape[0] / bs)
+    it = range(n_batches)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=desc, leave=False)
+    clean, adv = 0, 0
+    for b in it:
+        xb, yb, n = _pad_batch(images[b * bs:(b + 1) * bs], labels[b * bs:(b + 1) * bs], bs)
+        clean += int(np.sum(np.asarray(clean_correct(xb, yb))[:n]))
+        if attack is not None:
+            adv += int(np.sum(np.asarray(adv_correct(xb, yb, jax.random.fold_in(key, b)))[:n]))
+    total = images.shape[0]
+    return {"acc": clean / total, "adv_acc": (adv / total) if attack is not None else None, "n": total}
+
+
+# ----------------------------------------------------------------------------- epoch loop
+
+
+def batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Deterministic shuffled full batches of indices for (seed, epoch); the remainder is dropped."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    nb = n // batch_size
+    if nb == 0:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples")
+    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(nb)]
+
+
+def train_epoch(
+    state: TrainState,
+    step_fn: Callable,
+    images: np.ndarray,
+    labels: np.ndarray,
+    key: jax.Array,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    progress: bool = False,
+    desc: str = "train",
+) -> tuple[TrainState, dict]:
+    """One pass over the data; returns the new state and mean loss / accuracy / seconds."""
+    idx = batch_indices(images.shape[0], batch_size, seed, epoch)
+    it = enumerate(idx)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(idx), desc=desc, leave=False)
+    t0 = time.perf_counter()
+    losses, accs = [], []
+    for i, ix in it:
+        state, m = step_fn(state, images[ix], labels[ix], jax.random.fold_in(key, i))
+        losses.append(m["loss"])
+        accs.append(m["acc"])
+        if bar is not None:
+            bar.update(1)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['acc']):.3f}")
+    if bar is not None:
+        bar.close()
+    loss = float(np.mean(jax.device_get(losses)))
+    acc = float(np.mean(jax.device_get(accs)))
+    return state, {"loss": loss, "acc": acc, "seconds": time.perf_counter() - t0}
+
+
+def frozen_leaves_equal(before: dict, after: dict, layers: Sequence[int]) -> bool:
+    """True when every leaf of the given layers is bit-identical in both variable trees."""
+    a = partition.select(before, layers)
+    b = partition.select(after, layers)
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(
+        np.array_equal(np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8)) for u, v in zip(la, lb)
+    )
