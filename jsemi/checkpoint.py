@@ -111,6 +111,13 @@ def restore(directory: str | os.PathLike, target: dict, step: int | None = None)
     return out["state"], meta
 
 
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
 def _check_structure(state_dir: Path, abstract: dict) -> None:
     """Compares the saved tree's paths and shapes with the target's; raises CheckpointError on mismatch."""
     try:
@@ -122,7 +129,7 @@ def _check_structure(state_dir: Path, abstract: dict) -> None:
 
     def flat(tree):
         leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-        return {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ())) for p, v in leaves}
+        return {"/".join(_key_name(k) for k in p): tuple(getattr(v, "shape", ())) for p, v in leaves}
 
     want, have = flat(abstract), flat(saved_tree) if saved_tree is not None else {}
     if not have:
