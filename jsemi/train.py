@@ -96,6 +96,25 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+# Named presets for ``TrainConfig``: "paper" is section 6 of the notes (CIFAR scale);
+# "cpu" is the Fashion-MNIST CNN setting used by the demo (Adam, eps 0.1, PGD-3), chosen
+# because SGD at lr 0.01 needs far more epochs than a 2-core CPU allows.
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "cpu": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, lr_schedule="constant", epochs=3, batch_size=128,
+                eps=0.1, attack_steps=3, attack_step_size=0.05, augment=False, flip=False),
+}
+
+
+def config_from_preset(preset: str, **overrides) -> TrainConfig:
+    """``TrainConfig`` of a named preset with ``overrides`` (None values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    kw = dict(PRESETS[preset])
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**kw)
+
+
 class TrainState(struct.PyTreeNode):
     """Full variables plus optimizer state; ``trainable`` is the static set of trainable layers."""
 
@@ -217,7 +236,7 @@ def adversarial_inputs(model: nn.Module, variables: dict, x, y, key, config: Tra
 
     return pgd(
         logits_fn, x, y, key, _threat(config),
-        steps=config.attack_steps, step_size=config.attack_step_size, random_start=True,
+        steps=config.attack_steps, step_size=config.attack_step_size, random_start=True, keep_best=False,
     )
 
 
@@ -235,7 +254,7 @@ def make_train_step(model: nn.Module, config: TrainConfig) -> Callable:
     def step(state: TrainState, x, y, key, extra=None):
         x = to_unit_float(x)
         k_aug, k_adv = jax.random.split(key)
-        if config.augment:
+        if config.augment and config.mode not in _SELF_AUGMENTING:
             from jsemi.data import augment
 
             x = augment(k_aug, x, flip=config.flip)
@@ -295,12 +314,19 @@ def _pgd_loss(model, config, forward, eval_vars, x, y, key, extra):
 
 
 _EXTRA_LOSSES: dict[str, Callable] = {}
+# Modes whose loss builder augments the (un-augmented) batch itself, e.g. ATTA, which must
+# apply the same crop/flip to its carried perturbations and invert it afterwards.
+_SELF_AUGMENTING: set[str] = set()
 
 
-def register_training_mode(name: str, loss_builder: Callable) -> None:
+def register_training_mode(name: str, loss_builder: Callable, *, self_augmenting: bool = False) -> None:
     """Registers a training mode: ``loss_builder(model, config, forward, eval_vars, x, y, key, extra)``
     returns ``loss_fn(p_train) -> (loss, (logits, new_batch_stats, new_extra))``."""
     _EXTRA_LOSSES[name] = loss_builder
+    if self_augmenting:  # the step then passes x un-augmented; the builder reads config.augment
+        _SELF_AUGMENTING.add(name)
+    else:
+        _SELF_AUGMENTING.discard(name)
 
 
 def _loss_registry() -> dict[str, Callable]:
@@ -339,8 +365,9 @@ def evaluate(
     Batches are padded to one shape so each function compiles once.
     """
     labels = np.asarray(labels)
-    num_classes = None
-    check_labels(labels, num_classes, "labels", batch=images.shape[0])
+    out = jax.eval_shape(lambda v, z: model.apply(v, z, train=False), variables,
+                         jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32))
+    check_labels(labels, int(out.shape[-1]), "labels", batch=images.shape[0])
     if images.shape[0] == 0:
         raise ValueError("evaluate: empty dataset")
     if images.dtype != np.uint8:
@@ -382,7 +409,9 @@ def evaluate(
 
 def batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Deterministic shuffled full batches of indices for (seed, epoch); the remainder is dropped."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    from jsemi.data import epoch_order
+
+    perm = epoch_order(n, seed=seed, epoch=epoch)
     nb = n // batch_size
     if nb == 0:
         raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples")

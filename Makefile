@@ -1,0 +1,53 @@
+# jsemi: every target creates .venv and installs what it needs, so each works first on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+FMNIST := /usr/share/datasets/fashion-mnist
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: all install demo test test-slow test-all bench fashion-mnist clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[dev,plots]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's dataset-fashion-mnist when apt is usable; otherwise jsemi.data falls back to tensorflow-datasets.
+fashion-mnist:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST: $(FMNIST)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "apt-get failed: falling back to tensorflow-datasets"; \
+	else echo "apt not usable: Fashion-MNIST will come from tensorflow-datasets"; fi
+
+demo: $(STAMP) fashion-mnist
+	$(PY) experiments/demo.py --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet torch scipy tqdm requests
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) fashion-mnist
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
