@@ -1,0 +1,681 @@
+"""Datasets: one loader, in-memory uint8 images, device-side batching and augmentation.
+
+``load_dataset(name, split)`` returns a :class:`Dataset` holding the whole split in
+host memory as uint8 NHWC images and int32 labels.  Batches go to the device as
+uint8 and become float32 pixels in [0, 1] there (:func:`to_float`); the models
+normalise internally, so callers always work in pixel space [0, 1].
+
+Where each dataset comes from
+-----------------------------
+``fashion_mnist``
+    Local IDX files first: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (plain or
+    ``.gz``; the ``train-images.idx3-ubyte`` spelling is accepted too) in ``data_dir``,
+    else in ``/usr/share/datasets/fashion-mnist`` where Debian's package
+    ``dataset-fashion-mnist`` installs them (``apt-get install dataset-fashion-mnist``).
+    Without IDX files it falls back to tensorflow-datasets' ``fashion_mnist`` (with
+    ``data_dir`` as the TFDS data directory).
+``mnist``
+    IDX files in ``data_dir`` when present (same file names), else tensorflow-datasets.
+``cifar10``, ``cifar100``
+    tensorflow-datasets (``cifar100`` uses the 100 fine labels).
+TFDS reading
+    Through ``tfds.data_source`` (random access to ``array_record`` files), which needs
+    neither TensorFlow nor a network.  Preparing a TFDS dataset does need TensorFlow
+    once: ``pip install tensorflow && tfds build cifar10 --file_format=array_record``
+    (see :func:`fetch_command`).  A dataset prepared earlier in TFDS' default
+    ``tfrecord`` format cannot be read by ``tfds.data_source``; it is then read with
+    ``tfds.load`` if TensorFlow is importable (a warning says so), else the error says
+    how to rebuild it.  ``data_dir=None`` means TFDS' default (``$TFDS_DATA_DIR`` or
+    ``~/tensorflow_datasets``).  Nothing is ever downloaded implicitly.
+``tiny_imagenet``
+    Not a builder in tensorflow-datasets 4.9; read from the standard
+    ``tiny-imagenet-200`` directory (as unpacked from the cs231n zip) found at
+    ``data_dir``, ``data_dir/tiny-imagenet-200`` or ``./data/tiny-imagenet-200``::
+
+        tiny-imagenet-200/wnids.txt                     200 WordNet ids
+        tiny-imagenet-200/words.txt                     wnid -> names (optional)
+        tiny-imagenet-200/train/<wnid>/images/*.JPEG    500 per class -> split "train"
+        tiny-imagenet-200/val/val_annotations.txt       "<file>\\t<wnid>\\t..." lines
+        tiny-imagenet-200/val/images/*.JPEG             10,000 -> split "test"
+
+    The official test images carry no labels, so ``split="test"`` is the labelled
+    validation set.  Class index = position of the wnid in sorted order.
+``digits``
+    scikit-learn's bundled 8x8 digits (1,797 images, values 0..16 scaled to uint8).
+    A fixed stratified split (independent of ``seed``): 360 test images, 1,437 train.
+    Options ``image_size`` (default 8) and ``pad`` (default 0): the digit is resized
+    (bilinear) to ``image_size - 2 * pad`` and zero-padded to ``image_size``;
+    ``image_size=28, pad=4`` gives MNIST-like 28x28 images (20x20 digit, 4-pixel border).
+``synthetic``
+    Deterministic from ``seed``, learnable: each class has a fixed random blocky
+    pattern (shared by both splits); an example is its class pattern plus Gaussian
+    noise, clipped to [0, 1].  Options: ``num_examples`` (default 2,048 train /
+    512 test), ``image_shape`` (default (28, 28, 1)), ``num_classes`` (default 10),
+    ``noise`` (default 0.25).
+
+``subset=n`` keeps a deterministic, stratified (class-proportional) subset of n
+examples chosen with ``seed``.  :func:`iterate_batches` shuffles deterministically
+from ``(seed, epoch)``; :func:`augment` is the jitted CIFAR-style random crop (zero
+padding, 4 pixels by default) and horizontal flip (``flip=False`` for digit-like data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import math
+import os
+import shlex
+import struct
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jsemi.validation import check_positive_int
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet", "digits", "synthetic")
+SPLITS = ("train", "test")
+
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+TINY_IMAGENET_DEFAULT_DIR = Path("data")
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_DIGIT_CLASSES = tuple(str(i) for i in range(10))
+
+# Which TFDS builder serves which dataset name.
+_TFDS_NAMES = {"fashion_mnist": "fashion_mnist", "mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
+
+_TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not available locally; the message says which command fetches it."""
+
+
+class IDXFormatError(ValueError):
+    """An IDX file is corrupt, truncated or not an IDX file at all."""
+
+
+# --------------------------------------------------------------------------------------
+# Dataset container
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    """One split of a dataset, held in host memory.
+
+    ``images``: uint8 array (N, H, W, C); ``labels``: int32 array (N,) with values in
+    [0, num_classes).  Both are read-only.  ``input_shape`` is (H, W, C).
+    """
+
+    name: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        images, labels = np.asarray(self.images), np.asarray(self.labels)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"Dataset images must be a uint8 array (N, H, W, C), got {images.dtype} {images.shape}"
+            )
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"Dataset labels must be a rank-1 integer array, got {labels.dtype} {labels.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"Dataset has {len(images)} images but {len(labels)} labels")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"Dataset labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]"
+            )
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        images = np.ascontiguousarray(images)
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+        images.flags.writeable = False
+        labels.flags.writeable = False
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"input_shape={self.input_shape}, num_classes={self.num_classes})"
+        )
+
+    @functools.cached_property
+    def _device_arrays(self) -> tuple[jax.Array, jax.Array]:
+        """The whole split on the default device (uint8 images, int32 labels), put once."""
+        return jax.device_put(self.images), jax.device_put(self.labels)
+
+
+# --------------------------------------------------------------------------------------
+# Public loader
+# --------------------------------------------------------------------------------------
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> Dataset:
+    """Loads one split of ``name`` (see the module docstring for the sources).
+
+    Args:
+      name: one of :data:`DATASETS`.
+      split: "train" or "test".
+      data_dir: where to look for the files (IDX folder, TFDS data directory or the
+        folder holding ``tiny-imagenet-200``); None means each source's default.
+      subset: keep a deterministic, class-stratified subset of this many examples.
+      seed: seeds the subset choice and the synthetic data.
+      **options: source-specific options (``digits``: image_size, pad; ``synthetic``:
+        num_examples, image_shape, num_classes, noise).
+
+    Raises:
+      ValueError: unknown name, split, option or a bad subset size.
+      DatasetNotFoundError: the data is not available locally (the message says which
+        command fetches it).
+      IDXFormatError: a corrupt IDX file.
+    """
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    loader, allowed = _LOADERS[name]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        accepted = ", ".join(allowed) if allowed else "none"
+        raise ValueError(f"dataset {name!r} got unknown options {unknown}; accepted: {accepted}")
+    data_dir = None if data_dir is None else Path(data_dir).expanduser()
+    ds = loader(split, data_dir=data_dir, seed=seed, **options)
+    if subset is not None:
+        check_positive_int(subset, "subset")
+        if subset > len(ds):
+            raise ValueError(f"subset={subset} exceeds the {len(ds)} examples of {name} ({split})")
+        keep = np.sort(stratified_indices(ds.labels, subset, seed=seed))
+        ds = dataclasses.replace(ds, images=ds.images[keep], labels=ds.labels[keep])
+    return ds
+
+
+def fetch_command(name: str, data_dir: str | os.PathLike | None = None) -> str:
+    """The shell command that makes dataset ``name`` available locally."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if name in ("digits", "synthetic"):
+        return "nothing to fetch (bundled with scikit-learn / generated)"
+    if name == "tiny_imagenet":
+        dest = shlex.quote(str(data_dir if data_dir is not None else TINY_IMAGENET_DEFAULT_DIR))
+        return (
+            f"mkdir -p {dest} && curl -L -o {dest}/tiny-imagenet-200.zip {_TINY_IMAGENET_URL}"
+            f" && unzip -q {dest}/tiny-imagenet-200.zip -d {dest}"
+        )
+    tfds_cmd = f"pip install tensorflow && tfds build {_TFDS_NAMES[name]} --file_format=array_record"
+    if data_dir is not None:
+        tfds_cmd += f" --data_dir={shlex.quote(str(data_dir))}"
+    if name == "fashion_mnist":
+        return f"sudo apt-get install dataset-fashion-mnist  (or: {tfds_cmd})"
+    return tfds_cmd
+
+
+def stratified_indices(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray:
+    """Indices of n examples, class-proportional, chosen deterministically from ``seed``.
+
+    Each class contributes round-robin in proportion to its size (a class with a
+    fraction p of the data gets p * n examples, up to rounding), in a seeded order.
+    """
+    labels = np.asarray(labels)
+    perm = np.random.default_rng([seed, 1]).permutation(len(labels))
+    lab = labels[perm]
+    _, inverse, counts = np.unique(lab, return_inverse=True, return_counts=True)
+    # rank of each permuted example within its class
+    order = np.argsort(inverse, kind="stable")
+    rank = np.empty(len(lab), np.int64)
+    rank[order] = np.arange(len(lab)) - np.repeat(np.cumsum(counts) - counts, counts)
+    key = (rank + 0.5) / counts[inverse]
+    return perm[np.argsort(key, kind="stable")[:n]]
+
+
+# --------------------------------------------------------------------------------------
+# Batching and device-side transforms
+# --------------------------------------------------------------------------------------
+
+
+@jax.jit
+def to_float(images: jax.Array) -> jax.Array:
+    """uint8 pixels -> float32 in [0, 1] (jitted; runs on the device)."""
+    if images.dtype != jnp.uint8:
+        raise TypeError(f"to_float expects uint8 images, got {images.dtype}")
+    return images.astype(jnp.float32) / 255.0
+
+
+@jax.jit
+def _take(images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return to_float(images[idx]), labels[idx]
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The example order of one epoch: a permutation of range(n) fixed by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch, 2]).permutation(n)
+
+
+def num_batches(ds: Dataset, batch_size: int, *, drop_remainder: bool = False) -> int:
+    """How many batches :func:`iterate_batches` yields per epoch."""
+    check_positive_int(batch_size, "batch_size")
+    return len(ds) // batch_size if drop_remainder else math.ceil(len(ds) / batch_size)
+
+
+def iterate_batches(
+    ds: Dataset,
+    batch_size: int,
+    *,
+    seed: int | None = None,
+    epoch: int | None = None,
+    shuffle: bool = True,
+    drop_remainder: bool = False,
+) -> Iterator[tuple[jax.Array, jax.Array]]:
+    """Yields (images float32 (B, H, W, C) in [0, 1], labels int32 (B,)) on the device.
+
+    The split is put on the device once (as uint8) and batches are gathered and
+    converted there.  With ``shuffle`` the order is :func:`epoch_order` (seed, epoch),
+    so the same (seed, epoch) always gives the same batches; ``seed`` and ``epoch``
+    are then required.  Without ``drop_remainder`` the last batch may be smaller.
+    """
+    check_positive_int(batch_size, "batch_size")
+    if shuffle:
+        if seed is None or epoch is None:
+            raise ValueError("iterate_batches(shuffle=True) needs both seed= and epoch=")
+        order = epoch_order(len(ds), seed=seed, epoch=epoch)
+    else:
+        order = np.arange(len(ds))
+    if drop_remainder and batch_size > len(ds):
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the {len(ds)} examples with drop_remainder=True (no batch)"
+        )
+    images, labels = ds._device_arrays
+    for b in range(num_batches(ds, batch_size, drop_remainder=drop_remainder)):
+        idx = order[b * batch_size : (b + 1) * batch_size].astype(np.int32)
+        yield _take(images, labels, idx)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "pad", "flip"))
+def augment_params(key: jax.Array, n: int, *, pad: int = 4, flip: bool = True) -> tuple[jax.Array, jax.Array]:
+    """The random choices :func:`augment` makes for ``key``.
+
+    Returns (offsets int32 (n, 2): the (row, column) corner of each crop in the padded
+    image, each in [0, 2 * pad]; flips bool (n,): whether the crop is mirrored
+    left-right, all False when ``flip`` is off).
+    """
+    k_crop, k_flip = jax.random.split(key)
+    offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1, dtype=jnp.int32)
+    flips = jax.random.bernoulli(k_flip, 0.5, (n,)) if flip else jnp.zeros((n,), bool)
+    return offsets, flips
+
+
+def crop_flip(images: jax.Array, offsets: jax.Array, flips: jax.Array, *, pad: int) -> jax.Array:
+    """Crops each zero-padded image at its corner ``offsets[i]`` and mirrors it where ``flips[i]``.
+
+    The deterministic half of :func:`augment` (traceable; jit it or call it inside jit),
+    for callers that must apply the same choices to several arrays (e.g. images and
+    their perturbations).
+    """
+    b, h, w, c = images.shape
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    crop = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
+    return jnp.where(flips[:, None, None, None], crop[:, :, ::-1, :], crop)
+
+
+@functools.partial(jax.jit, static_argnames=("pad", "flip"))
+def augment(key: jax.Array, images: jax.Array, *, pad: int = 4, flip: bool = True) -> jax.Array:
+    """CIFAR-style augmentation of a batch (B, H, W, C), jitted and vectorised.
+
+    Each image is zero-padded by ``pad`` pixels on every side, a random H x W window
+    is cropped from it, and (with ``flip``) it is mirrored left-right with probability
+    1/2; the choices are :func:`augment_params` (key).  Shape, dtype and value range
+    are kept.  Use ``flip=False`` for digit-like data where mirroring changes the class.
+    """
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+    if images.ndim != 4:
+        raise ValueError(f"augment expects a batch (B, H, W, C), got shape {images.shape}")
+    offsets, flips = augment_params(key, images.shape[0], pad=pad, flip=flip)
+    return crop_flip(images, offsets, flips, pad=pad)
+
+
+# --------------------------------------------------------------------------------------
+# IDX files
+# --------------------------------------------------------------------------------------
+
+# IDX type code -> big-endian NumPy dtype (http://yann.lecun.com/exdb/mnist/, "IDX file format").
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Reads an IDX file (plain or gzip-compressed, detected from its bytes).
+
+    The header is two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16,
+    0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions, then each
+    dimension as a big-endian uint32; the data follow, big-endian.  Returns an array
+    of that shape in native byte order.  Raises :class:`IDXFormatError` for a bad
+    magic number, an unknown type code, a truncated file, trailing bytes or a
+    corrupt gzip stream.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise IDXFormatError(f"{path}: corrupt or truncated gzip stream ({err})") from err
+    return parse_idx(raw, source=str(path))
+
+
+def parse_idx(buf: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Parses the bytes of an (uncompressed) IDX file; see :func:`read_idx`."""
+    if len(buf) < 4:
+        raise IDXFormatError(f"{source}: {len(buf)} bytes, too short for the 4-byte IDX magic number")
+    if buf[0] != 0 or buf[1] != 0:
+        raise IDXFormatError(
+            f"{source}: not an IDX file (magic number starts with 0x{buf[:2].hex()}, expected 0x0000)"
+        )
+    code, ndim = buf[2], buf[3]
+    if code not in _IDX_DTYPES:
+        known = ", ".join(f"0x{k:02X}" for k in _IDX_DTYPES)
+        raise IDXFormatError(f"{source}: unknown IDX data type code 0x{code:02X} (known: {known})")
+    if ndim == 0:
+        raise IDXFormatError(f"{source}: IDX header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(buf) < header:
+        raise IDXFormatError(
+            f"{source}: truncated IDX header ({ndim} dimensions need {header} bytes, file has {len(buf)})"
+        )
+    dims = struct.unpack(f">{ndim}I", buf[4:header])
+    dtype = np.dtype(_IDX_DTYPES[code])
+    count = math.prod(dims)
+    expected, actual = count * dtype.itemsize, len(buf) - header
+    if actual < expected:
+        raise IDXFormatError(
+            f"{source}: truncated IDX data: shape {dims} of {dtype.name} needs {expected} bytes, found {actual}"
+        )
+    if actual > expected:
+        raise IDXFormatError(
+            f"{source}: {actual - expected} unexpected bytes after the IDX data of shape {dims}"
+        )
+    arr = np.frombuffer(buf, dtype=dtype, count=count, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """The IDX file for e.g. stem 'train-images-idx3' in folder (plain, .gz, or '.idx' spelling)."""
+    prefix, kind, idx = stem.split("-")
+    for base in (f"{stem}-ubyte", f"{prefix}-{kind}.{idx}-ubyte"):
+        for candidate in (folder / base, folder / f"{base}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _load_idx_pair(folder: Path, split: str, num_classes: int, source: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images uint8 (N, H, W, 1), labels) from a folder of MNIST-layout IDX files, or None."""
+    prefix = "train" if split == "train" else "t10k"
+    img_path = _idx_file(folder, f"{prefix}-images-idx3")
+    lab_path = _idx_file(folder, f"{prefix}-labels-idx1")
+    if img_path is None and lab_path is None:
+        return None
+    if img_path is None or lab_path is None:
+        missing = f"{prefix}-images-idx3-ubyte" if img_path is None else f"{prefix}-labels-idx1-ubyte"
+        raise DatasetNotFoundError(f"{source}: {folder} has only half of the {split} split: {missing}[.gz] is missing")
+    images, labels = read_idx(img_path), read_idx(lab_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise IDXFormatError(f"{img_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+    if labels.ndim != 1:
+        raise IDXFormatError(f"{lab_path}: expected labels (N,), got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise IDXFormatError(f"{img_path} has {len(images)} images but {lab_path} has {len(labels)} labels")
+    if labels.size and labels.max() >= num_classes:
+        raise IDXFormatError(f"{lab_path}: label {labels.max()} out of range for {num_classes} classes")
+    return images[..., None], labels.astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------
+
+
+def _load_mnist_like(name: str, split: str, *, data_dir: Path | None, seed: int, system_dir: Path | None) -> Dataset:
+    del seed
+    class_names = FASHION_MNIST_CLASSES if name == "fashion_mnist" else _DIGIT_CLASSES
+    folder = data_dir if data_dir is not None else system_dir
+    if folder is not None and folder.is_dir():
+        found = _load_idx_pair(folder, split, 10, name)
+        if found is not None:
+            return Dataset(name, split, *found, num_classes=10, class_names=class_names)
+    idx_note = (
+        f"no {name} IDX files ({'train' if split == 'train' else 't10k'}-images-idx3-ubyte[.gz], ...) in {folder}"
+        if folder is not None
+        else None
+    )
+    return _load_tfds(name, split, data_dir=data_dir, note=idx_note)
+
+
+def _load_fashion_mnist(split, *, data_dir, seed):
+    return _load_mnist_like("fashion_mnist", split, data_dir=data_dir, seed=seed, system_dir=FASHION_MNIST_SYSTEM_DIR)
+
+
+def _load_mnist(split, *, data_dir, seed):
+    return _load_mnist_like("mnist", split, data_dir=data_dir, seed=seed, system_dir=None)
+
+
+def _load_cifar10(split, *, data_dir, seed):
+    return _load_tfds("cifar10", split, data_dir=data_dir)
+
+
+def _load_cifar100(split, *, data_dir, seed):
+    return _load_tfds("cifar100", split, data_dir=data_dir)
+
+
+def _tensorflow_importable() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load_tfds(name: str, split: str, *, data_dir: Path | None, note: str | None = None) -> Dataset:
+    """Reads a prepared TFDS dataset into memory with ``tfds.data_source`` (no TensorFlow).
+
+    This is the only TFDS entry point, so ``tfds.testing.mock_data`` exercises exactly
+    the code used with real data.
+    """
+    import tensorflow_datasets as tfds
+
+    tfds_name = _TFDS_NAMES[name]
+    tfds_dir = None if data_dir is None else os.fspath(data_dir)
+    try:
+        source = tfds.data_source(tfds_name, split=split, data_dir=tfds_dir, download=False)
+    except Exception as err:  # diagnosed below: missing, or prepared in a format it cannot read
+        builder = tfds.builder(tfds_name, data_dir=tfds_dir)
+        fmt = builder.info.file_format
+        prepared = builder.is_prepared()
+        if prepared and fmt == tfds.core.FileFormat.ARRAY_RECORD:
+            raise  # the data are there: a real read error, not a missing dataset
+        if prepared and _tensorflow_importable():
+            warnings.warn(
+                f"{tfds_name} is prepared at {builder.data_dir} as {fmt.value}, which tfds.data_source "
+                "cannot read; reading it with tfds.load (TensorFlow) instead",
+                stacklevel=3,
+            )
+            arrays = tfds.as_numpy(tfds.load(tfds_name, split=split, data_dir=tfds_dir, download=False, batch_size=-1))
+            label = builder.info.features["label"]
+            return Dataset(
+                name, split, np.asarray(arrays["image"], np.uint8), np.asarray(arrays["label"], np.int32),
+                num_classes=label.num_classes, class_names=tuple(label.names),
+            )
+        where = f"prepared at {builder.data_dir} as {fmt.value}" if prepared else f"not prepared under {builder.data_dir}"
+        why = f"{note}; and " if note else ""
+        extra = (
+            " (tfds.data_source reads only array_record; install tensorflow to read it as is, or rebuild it)"
+            if prepared
+            else ""
+        )
+        raise DatasetNotFoundError(
+            f"dataset {name!r} ({split}) is not available offline: {why}tensorflow-datasets' {tfds_name!r} is "
+            f"{where}{extra}. Fetch it with: {fetch_command(name, data_dir)}"
+        ) from err
+
+    label = source.dataset_info.features["label"]
+    n = len(source)
+    first = source[0]["image"] if n else np.zeros((0, 0, 0), np.uint8)
+    images = np.empty((n, *np.shape(first)), np.uint8)
+    labels = np.empty((n,), np.int32)
+    for i in range(n):  # per-record access: the same path real files and mock_data take
+        example = source[i]
+        images[i] = example["image"]
+        labels[i] = example["label"]
+    return Dataset(name, split, images, labels, num_classes=label.num_classes, class_names=tuple(label.names))
+
+
+def _tiny_imagenet_root(data_dir: Path | None) -> Path:
+    base = data_dir if data_dir is not None else TINY_IMAGENET_DEFAULT_DIR
+    for root in (base, base / "tiny-imagenet-200"):
+        if (root / "wnids.txt").is_file():
+            return root
+    raise DatasetNotFoundError(
+        f"dataset 'tiny_imagenet' is not available offline: no tiny-imagenet-200 directory (with wnids.txt) "
+        f"at {base.resolve()} or {base.resolve() / 'tiny-imagenet-200'}. Fetch it with: {fetch_command('tiny_imagenet', data_dir)}"
+    )
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _load_tiny_imagenet(split, *, data_dir, seed):
+    del seed
+    root = _tiny_imagenet_root(data_dir)
+    wnids = sorted(line.strip() for line in (root / "wnids.txt").read_text().splitlines() if line.strip())
+    index = {w: i for i, w in enumerate(wnids)}
+    if split == "train":
+        files, labels = [], []
+        for w in wnids:
+            found = sorted((root / "train" / w / "images").glob("*.JPEG"))
+            if not found:
+                raise DatasetNotFoundError(f"tiny_imagenet: no images in {root / 'train' / w / 'images'}")
+            files += found
+            labels += [index[w]] * len(found)
+    else:
+        ann = root / "val" / "val_annotations.txt"
+        if not ann.is_file():
+            raise DatasetNotFoundError(f"tiny_imagenet: {ann} is missing (labels of the validation images)")
+        files, labels = [], []
+        for line in ann.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) < 2:
+                continue
+            if parts[1] not in index:
+                raise ValueError(f"tiny_imagenet: {ann} names class {parts[1]!r}, which is not in wnids.txt")
+            files.append(root / "val" / "images" / parts[0])
+            labels.append(index[parts[1]])
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(_read_rgb, files, chunksize=256))
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise ValueError(f"tiny_imagenet: images of different shapes {sorted(shapes)[:3]} in {root}")
+    names = {}
+    if (root / "words.txt").is_file():
+        for line in (root / "words.txt").read_text().splitlines():
+            w, _, text = line.partition("\t")
+            names[w] = text.split(",")[0].strip()
+    return Dataset(
+        "tiny_imagenet", split, np.stack(images), np.asarray(labels, np.int32),
+        num_classes=len(wnids), class_names=tuple(names.get(w, w) for w in wnids),
+    )
+
+
+_DIGITS_TEST_SIZE = 360
+
+
+def _load_digits(split, *, data_dir, seed, image_size: int = 8, pad: int = 0):
+    del data_dir, seed
+    from sklearn.datasets import load_digits
+
+    check_positive_int(image_size, "image_size")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0 or image_size - 2 * pad < 1:
+        raise ValueError(f"pad must be an int in [0, (image_size - 1) / 2], got pad={pad!r}, image_size={image_size}")
+    bunch = load_digits()
+    x = bunch.images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
+    y = bunch.target.astype(np.int32)
+    test = np.zeros(len(y), bool)
+    test[stratified_indices(y, _DIGITS_TEST_SIZE, seed=0)] = True  # fixed split, independent of seed
+    keep = test if split == "test" else ~test
+    x, y = x[keep], y[keep]
+    inner = image_size - 2 * pad
+    if inner != 8:
+        x = np.asarray(jax.image.resize(x, (len(x), inner, inner), method="linear"))
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
+    images = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)[..., None]
+    return Dataset("digits", split, images, y, num_classes=10, class_names=_DIGIT_CLASSES)
+
+
+def _load_synthetic(
+    split, *, data_dir, seed, num_examples: int | None = None, image_shape=(28, 28, 1),
+    num_classes: int = 10, noise: float = 0.25,
+):
+    del data_dir
+    n = num_examples if num_examples is not None else (2048 if split == "train" else 512)
+    check_positive_int(n, "num_examples")
+    check_positive_int(num_classes, "num_classes")
+    image_shape = tuple(image_shape)
+    if len(image_shape) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in image_shape):
+        raise ValueError(f"image_shape must be (height, width, channels) of positive ints, got {image_shape}")
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    h, w, c = image_shape
+    # Class patterns: a 4x4 grid of random levels per channel, upsampled to (h, w) blocks.
+    grid = np.random.default_rng([seed, 3]).uniform(0.1, 0.9, (num_classes, 4, 4, c))
+    rows = np.minimum(np.arange(h) * 4 // h, 3)
+    cols = np.minimum(np.arange(w) * 4 // w, 3)
+    patterns = grid[:, rows][:, :, cols]  # (K, h, w, c)
+    rng = np.random.default_rng([seed, 4, SPLITS.index(split)])
+    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+    x = patterns[labels] + noise * rng.standard_normal((n, h, w, c))
+    images = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return Dataset("synthetic", split, images, labels, num_classes=num_classes)
+
+
+# name -> (loader(split, *, data_dir, seed, **options), accepted option names)
+_LOADERS = {
+    "fashion_mnist": (_load_fashion_mnist, ()),
+    "mnist": (_load_mnist, ()),
+    "cifar10": (_load_cifar10, ()),
+    "cifar100": (_load_cifar100, ()),
+    "tiny_imagenet": (_load_tiny_imagenet, ()),
+    "digits": (_load_digits, ("image_size", "pad")),
+    "synthetic": (_load_synthetic, ("num_examples", "image_shape", "num_classes", "noise")),
+}
