@@ -123,9 +123,11 @@ class ResNet(nn.Module):
 
 def resnet18(num_classes: int = 10, **kw) -> ResNet:
     """CIFAR ResNet-18: 21 weight layers (17 convs + 3 shortcut convs + 1 dense)."""
-    return ResNet(num_classes=num_classes, stage_sizes=(2, 2, 2, 2), bottleneck=False, **kw)
+    kw.setdefault("stage_sizes", (2, 2, 2, 2))
+    return ResNet(num_classes=num_classes, bottleneck=False, **kw)
 
 
 def resnet50(num_classes: int = 10, **kw) -> ResNet:
     """CIFAR ResNet-50 (bottleneck): 54 weight layers (49 convs + 4 shortcut convs + 1 dense)."""
-    return ResNet(num_classes=num_classes, stage_sizes=(3, 4, 6, 3), bottleneck=True, **kw)
+    kw.setdefault("stage_sizes", (3, 4, 6, 3))
+    return ResNet(num_classes=num_classes, bottleneck=True, **kw)

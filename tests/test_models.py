@@ -1,0 +1,280 @@
+"""Model zoo: weight-layer counts (the paper's counting), layer outputs, BatchNorm freezing, bf16.
+
+The real configurations are only traced (``jax.eval_shape`` / ``jax.make_jaxpr``),
+so nothing big is computed or compiled; the numerical checks run on narrow or
+shallow versions of each architecture with the same kinds of layers and blocks.
+Their variables are filled on the host with numpy (a jitted Flax ``init`` spends
+seconds compiling the random initialisers on CPU).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jsemi.models import MODELS, count_weight_layers, get_model, init_model, layer_outputs
+from jsemi.models.base import layer_index_of_name
+from jsemi.models.vit import default_patch_size
+from jsemi.models.zoo import EXPECTED_WEIGHT_LAYERS, ZOO
+
+REAL = sorted(EXPECTED_WEIGHT_LAYERS)
+# Narrow / shallow versions for the numerical checks.
+SMALL = {
+    "alexnet": dict(widths=(8, 8, 8, 8, 8)),
+    "vgg16": dict(cfg=(4, 4, "M", 8, 8, "M", 8, 8, 8, "M", 8, 8, 8, "M", 8, 8, 8, "M"), hidden=16),
+    "resnet18": dict(width=4),  # full depth: 21 weight layers
+    "resnet50": dict(width=2, stage_sizes=(2, 1, 1, 1)),  # 1 + 5 * 3 + 4 shortcuts + 1 = 21
+    "wrn34_10": dict(depth=10, widen_factor=2),  # 1 + 3 * 2 + 3 shortcuts + 1 = 11
+    "vit_b": dict(dim=16, depth=2, heads=2, mlp_dim=32),  # 1 + 2 * 4 + 1 = 10
+}
+SMALL_N = {"alexnet": 6, "vgg16": 16, "resnet18": 21, "resnet50": 21, "wrn34_10": 11, "vit_b": 10}
+WITH_BN = ["alexnet", "vgg16", "resnet18", "resnet50", "wrn34_10"]
+IN32 = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+
+
+def _key_name(k) -> str:
+    return str(getattr(k, "key", getattr(k, "name", k)))
+
+
+def _index(path) -> int | None:
+    """Deepest ``Lnn_`` key on a variable path (as jsemi.partition does)."""
+    for k in reversed(path):
+        i = layer_index_of_name(_key_name(k))
+        if i is not None:
+            return i
+    return None
+
+
+def _abstract_variables(model, hwc=(32, 32, 3)):
+    return jax.eval_shape(lambda k: init_model(model, k, hwc), jax.random.key(0))
+
+
+def _np_variables(model, seed=0):
+    """Variables with the model's tree, filled on the host (He-scaled kernels, BN stats near 0/1)."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        name = _key_name(path[-1])
+        if name == "kernel":
+            fan_in = int(np.prod(s.shape[:-1]))
+            return jnp.asarray(rng.normal(0, np.sqrt(2.0 / fan_in), s.shape), jnp.float32)
+        if name in ("scale", "var"):
+            return jnp.asarray(rng.uniform(0.8, 1.2, s.shape), jnp.float32)
+        return jnp.asarray(rng.normal(0, 0.05, s.shape), jnp.float32)  # bias, BN mean, cls, pos
+
+    return jax.tree_util.tree_map_with_path(fill, _abstract_variables(model))
+
+
+def _x(shape=(2, 32, 32, 3), seed=0):
+    return jax.random.uniform(jax.random.key(seed), shape, jnp.float32)
+
+
+_NUMERICS: dict = {}
+
+
+def _numerics(name):
+    """One compiled run per small model: eval outputs in f32 and bf16, a train step's BN update."""
+    if name in _NUMERICS:
+        return _NUMERICS[name]
+    m32 = get_model(name, 10, **SMALL[name])
+    m16 = get_model(name, 10, **SMALL[name], dtype=jnp.bfloat16)
+    variables = _np_variables(m32)
+    has_bn = "batch_stats" in variables
+
+    @jax.jit
+    def run(v, x):
+        out = {"f32": layer_outputs(m32, v, x), "bf16": layer_outputs(m16, v, x)}
+        if has_bn:
+            _, st = m32.apply(v, x, train=True, frozen=(1, 2), mutable=["batch_stats", "intermediates"])
+            out["frozen12"] = st
+            _, st = m32.apply(v, x, train=True, mutable=["batch_stats", "intermediates"])
+            out["train"] = st["intermediates"]
+        return out
+
+    _NUMERICS[name] = (m32, variables, run(variables, _x(seed=3)))
+    return _NUMERICS[name]
+
+
+# ----------------------------------------------------------------- registry and counts
+
+
+def test_registry_has_every_zoo_model():
+    for name in ZOO:
+        assert name in MODELS and name == name.lower()
+    with pytest.raises(ValueError, match="unknown model"):
+        get_model("resnet19")
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_config_weight_layer_counts(name):
+    """The paper's counting: every conv and dense, shortcut convs included.
+
+    VGG16 = 13 convs + 3 dense = 16.  ResNet-18 = stem + 16 block convs + 3 shortcut
+    convs + fc = 21.  ResNet-50 = stem + 16 x 3 bottleneck convs + 4 shortcuts + fc
+    = 54.  WRN-34-10: depth 34 = 6N + 4 gives N = 5 blocks in each of 3 groups, so
+    stem + 30 block convs + fc = 32, plus the 3 shortcut 1x1 convs of the groups'
+    first blocks (16 -> 160, 160 -> 320, 320 -> 640 channels) = 35.  ViT = patch
+    embedding + 12 x (qkv, out, mlp1, mlp2) + head = 50.  AlexNet (CIFAR) = 5 convs
+    + 1 dense = 6.  Traced only.
+    """
+    model = get_model(name, 10)
+    variables = _abstract_variables(model)
+    logits, outs = jax.eval_shape(lambda v, x: layer_outputs(model, v, x), variables, IN32)
+    n = EXPECTED_WEIGHT_LAYERS[name]
+    assert count_weight_layers(variables) == n == model.n_weight_layers == len(outs)
+    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+    assert outs[-1].shape == logits.shape
+    # every variable (params and batch_stats) carries a weight-layer index (jsemi.partition needs it)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        assert _index(path) is not None, jax.tree_util.keystr(path)
+        assert leaf.dtype == jnp.float32
+
+
+def test_named_counts_from_the_paper():
+    assert get_model("vgg16").n_weight_layers == 16
+    assert get_model("resnet18").n_weight_layers == 21
+    assert get_model("wrn34_10").n_weight_layers == 35
+    # widen factor 1: the first group keeps 16 channels, so it has no shortcut conv
+    assert get_model("wrn34_10", widen_factor=1).n_weight_layers == 34
+    assert get_model("resnet50").n_weight_layers == 54
+    assert get_model("vit_b").n_weight_layers == 50
+
+
+# ----------------------------------------------------------------- F(j) depends on layers 1..j
+
+
+def _dependencies(jaxpr, in_masks):
+    """Bit masks of the inputs each output of ``jaxpr`` depends on (data flow, sub-jaxprs followed)."""
+    env = {}
+
+    def read(a):
+        return env.get(a, 0) if hasattr(a, "count") or not hasattr(a, "val") else 0
+
+    for var, m in zip(jaxpr.invars, in_masks):
+        env[var] = m
+    for eqn in jaxpr.eqns:
+        ins = [read(a) for a in eqn.invars]
+        outs = None
+        for p in eqn.params.values():
+            sub = getattr(p, "jaxpr", None)
+            if sub is not None and hasattr(sub, "eqns") and len(sub.invars) == len(ins):
+                outs = _dependencies(sub, ins)
+                break
+        if outs is None:
+            u = 0
+            for m in ins:
+                u |= m
+            outs = [u] * len(eqn.outvars)
+        for var, m in zip(eqn.outvars, outs):
+            env[var] = m
+    return [read(a) for a in jaxpr.outvars]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_layer_j_output_depends_on_layers_up_to_j_only(name):
+    """F(j) reads the variables (params and BN statistics) of layers 1..j, layer j's included, and no later ones.
+
+    So fa = layers 1..a is a self-contained subnetwork: freezing it fixes F(a)
+    (a ResNet/WRN shortcut conv is numbered before the conv its output is added to).
+    Checked on the data flow of the traced real network; nothing is computed.
+    """
+    model = get_model(name, 10)
+    variables = _abstract_variables(model)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
+    masks = [1 << _index(p) for p, _ in leaves]
+    closed = jax.make_jaxpr(lambda v, x: layer_outputs(model, v, x)[1])(variables, IN32)
+    deps = _dependencies(closed.jaxpr, masks + [0])  # the input x carries no layer bit
+    assert len(deps) == model.n_weight_layers
+    for j, d in enumerate(deps, start=1):
+        layers = {i for i in range(1, model.n_weight_layers + 1) if d >> i & 1}
+        assert j in layers, f"output of layer {j} does not read layer {j}'s variables"
+        assert max(layers) == j, f"output of layer {j} reads layers {sorted(i for i in layers if i > j)}"
+
+
+# ----------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("shape", [(2, 28, 28, 1), (2, 32, 32, 3), (2, 64, 64, 3)])
+@pytest.mark.parametrize("name", REAL)
+def test_input_sizes(name, shape):
+    model = get_model(name, 10)
+    variables = _abstract_variables(model, shape[1:])
+    logits, outs = jax.eval_shape(
+        lambda v, x: layer_outputs(model, v, x), variables, jax.ShapeDtypeStruct(shape, jnp.float32)
+    )
+    assert logits.shape == (2, 10) and len(outs) == model.n_weight_layers
+    assert all(o.shape[0] == 2 and all(d > 0 for d in o.shape) for o in outs)
+
+
+def test_vit_patch_size_from_input():
+    assert default_patch_size(32, 32) == 4 and default_patch_size(64, 64) == 8 and default_patch_size(28, 28) == 4
+    model = get_model("vit_b", 10, **SMALL["vit_b"])
+    for side, tokens in ((32, 65), (64, 65), (28, 50)):
+        v = _abstract_variables(model, (side, side, 3))
+        _, outs = jax.eval_shape(lambda v, x: layer_outputs(model, v, x), v, jnp.zeros((1, side, side, 3)))
+        assert outs[0].shape == (1, tokens, 16)
+    v = _abstract_variables(get_model("vit_b", 10, patch_size=2, **SMALL["vit_b"]))
+    assert v["params"]["L01_embed"]["pos"].shape == (1, 257, 16)
+
+
+def test_flax_init_runs():
+    model = get_model("alexnet", 10, **SMALL["alexnet"])
+    variables, logits = jax.jit(
+        lambda k, x: (v := init_model(model, k, (32, 32, 3)), model.apply(v, x, train=False))
+    )(jax.random.key(0), _x())
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(_abstract_variables(model))
+    assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+# ----------------------------------------------------------------- numerics on small configs
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_layer_outputs_in_order_last_is_logits(name):
+    model, variables, res = _numerics(name)
+    logits, outs = res["f32"]
+    assert model.n_weight_layers == SMALL_N[name] == count_weight_layers(variables) == len(outs)
+    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(outs[-1]), np.asarray(logits))
+    for o in outs:
+        assert o.shape[0] == 2 and bool(jnp.all(jnp.isfinite(o)))
+
+
+@pytest.mark.parametrize("name", WITH_BN)
+def test_frozen_layers_keep_batch_stats(name):
+    _, variables, res = _numerics(name)
+    before, after = variables["batch_stats"], res["frozen12"]["batch_stats"]
+    assert set(before) == set(after) and {"L01_bn", "L02_bn"} <= set(before)
+    for key in before:
+        same = all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree_util.tree_leaves(before[key]), jax.tree_util.tree_leaves(after[key])))
+        if layer_index_of_name(key) in (1, 2):
+            assert same, f"frozen {key} changed"
+        else:
+            assert not same, f"trainable {key} did not update"
+
+
+@pytest.mark.parametrize("name", WITH_BN)
+def test_frozen_layers_normalise_with_running_stats(name):
+    """train=True with layers 1, 2 frozen: their outputs are the eval-mode ones; unfrozen differ."""
+    _, _, res = _numerics(name)
+    _, evals = res["f32"]
+    frozen, train = res["frozen12"]["intermediates"], res["train"]
+    for j in (1, 2):
+        np.testing.assert_allclose(np.asarray(frozen[f"L{j:02d}"]), np.asarray(evals[j - 1]), rtol=1e-5, atol=1e-5)
+        assert not np.allclose(np.asarray(train[f"L{j:02d}"]), np.asarray(evals[j - 1]), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_bfloat16_compute_float32_params_and_logits(name):
+    _, _, res = _numerics(name)
+    l32, _ = res["f32"]
+    l16, outs16 = res["bf16"]
+    m16 = get_model(name, 10, **SMALL[name], dtype=jnp.bfloat16)
+    for leaf in jax.tree_util.tree_leaves(_abstract_variables(m16)):
+        assert leaf.dtype == jnp.float32
+    assert l16.dtype == jnp.float32 and outs16[0].dtype == jnp.bfloat16
+    scale = float(jnp.max(jnp.abs(l32)))
+    err = float(jnp.max(jnp.abs(l16 - l32)))
+    assert err <= 0.05 * scale + 1e-2, (err, scale)
