@@ -78,3 +78,86 @@ def bcast(v, x):
 def select(mask, a, b):
     """Per-example where: mask (B,) picks rows of a over b."""
     return jnp.where(bcast(mask, a), a, b)
+
+
+# ------------------------------------------------------------------ iterative attacks
+# XLA's CPU backend does not canonicalise the input-gradient convolution (kernel labels
+# "01oi") inside a while-loop body, so a conv net's backward pass inside lax.fori_loop runs
+# on a naive emitter, about 10x slower than the same step outside a loop.  Iterative attacks
+# are therefore written as (init, step, final) and run
+#   - under a caller's trace: unrolled when n <= UNROLL_MAX on CPU, else lax.fori_loop;
+#   - with concrete inputs: as a host loop over a jit-compiled chunk of CHUNK unrolled steps
+#     (one compilation per chunk size, early exit when ``done`` says every point is finished).
+UNROLL_MAX = 32
+CHUNK = 10
+
+
+class Spec:
+    """An iterative attack: ``init(ctx) -> state``, ``step(ctx, i, state) -> state`` for
+    i = 0..n-1, ``final(ctx, state) -> out``; optional ``done(state) -> bool`` (host early exit,
+    only used where stopping early cannot change the result)."""
+
+    def __init__(self, init, step, final, n, done=None):
+        self.init, self.step, self.final, self.n, self.done = init, step, final, int(n), done
+
+
+def on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+def traced_loop(n: int, body, carry):
+    if n <= 0:
+        return carry
+    if on_cpu() and n <= UNROLL_MAX:
+        return jax.lax.fori_loop(0, n, body, carry, unroll=True)
+    return jax.lax.fori_loop(0, n, body, carry)
+
+
+_SPEC_CACHE: dict = {}
+_SPEC_CACHE_MAX = 64
+
+
+def _compiled(cache_key, build):
+    hit = _SPEC_CACHE.get(cache_key)
+    if hit is not None:
+        return hit
+    spec = build()
+
+    def chunk(ctx, i0, state, size):
+        for c in range(size):
+            state = spec.step(ctx, i0 + c, state)
+        return state
+
+    parts = (
+        spec,
+        jax.jit(spec.init),
+        jax.jit(chunk, static_argnums=3),
+        jax.jit(spec.final),
+        jax.jit(spec.done) if spec.done is not None else None,
+    )
+    if len(_SPEC_CACHE) >= _SPEC_CACHE_MAX:
+        _SPEC_CACHE.pop(next(iter(_SPEC_CACHE)))
+    _SPEC_CACHE[cache_key] = parts
+    return parts
+
+
+def run_spec(cache_key, build, ctx):
+    """Runs the iterative attack built by ``build()`` on ``ctx`` (a pytree of arrays).
+
+    ``cache_key`` must identify ``build`` completely (attack name, logits_fn, static settings).
+    """
+    if is_traced(ctx):
+        spec = build()
+        state = spec.init(ctx)
+        state = traced_loop(spec.n, lambda i, s: spec.step(ctx, i, s), state)
+        return spec.final(ctx, state)
+    spec, init, chunk, final, done = _compiled(cache_key, build)
+    state = init(ctx)
+    i = 0
+    while i < spec.n:
+        size = min(CHUNK, spec.n - i)
+        state = chunk(ctx, jnp.int32(i), state, size)
+        i += size
+        if done is not None and i < spec.n and bool(done(state)):
+            break
+    return final(ctx, state)

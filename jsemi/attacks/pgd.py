@@ -1,7 +1,7 @@
 """FGSM, I-FGSM (BIM) and PGD under L-inf and L2 threat models.
 
-All loops are ``lax.fori_loop`` so the model is traced once per gradient, whatever the
-number of steps; restarts run in parallel with ``vmap`` over keys.
+Iterations run through ``jsemi.attacks._common.run_spec`` (unrolled chunks on CPU, see
+there); restarts run in parallel with ``vmap`` over keys.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 
 from jsemi.attacks import losses as L
-from jsemi.attacks._common import check_setting_positive_int, dispatch, select, validate
+from jsemi.attacks._common import check_setting_positive_int, dispatch, run_spec, select, Spec, validate
 
-__all__ = ["fgsm", "ifgsm", "pgd", "default_step_size"]
+__all__ = ["fgsm", "ifgsm", "pgd", "default_step_size", "input_grad"]
 
 
-def _loss_fn(loss):
+def loss_by_name(loss):
     if callable(loss):
         return loss
     if loss not in L.LOSSES:
@@ -23,23 +23,31 @@ def _loss_fn(loss):
     return L.LOSSES[loss]
 
 
+_loss_fn = loss_by_name
+
+
 def default_step_size(eps, steps: int):
     """2.5 * eps / steps (Madry et al.): the iterate can cross the ball in a few steps."""
     return 2.5 * eps / steps
 
 
-def _input_grad(logits_fn, loss_fn, x, y):
+def input_grad(logits_fn, loss_fn, x, *args):
+    """(d/dx sum_b loss_fn(logits_fn(x), *args)_b, logits): per-example input gradients."""
+
     def obj(xa):
         logits = logits_fn(xa)
-        return jnp.sum(loss_fn(logits, y)), logits
+        return jnp.sum(loss_fn(logits, *args)), logits
 
     return jax.grad(obj, has_aux=True)(x)
+
+
+_input_grad = input_grad
 
 
 # ------------------------------------------------------------------------------------ FGSM
 def _fgsm_impl(logits_fn, x, y, key, threat, *, loss):
     del key
-    g, _ = _input_grad(logits_fn, _loss_fn(loss), x, y)
+    g, _ = input_grad(logits_fn, loss_by_name(loss), x, y)
     eps = jnp.asarray(threat.eps, x.dtype)
     return threat.project(x + eps * threat.steepest(g), x)
 
@@ -52,49 +60,71 @@ def fgsm(logits_fn, x, y, key, threat, *, loss="ce"):
     unused (kept for the common signature).
     """
     validate(logits_fn, x, y, key, threat)
-    _loss_fn(loss)
+    loss_by_name(loss)
     return dispatch(_fgsm_impl, logits_fn, x, y, key, threat, loss=loss)
 
 
 # ------------------------------------------------------------------------------------- PGD
-def _pgd_run(logits_fn, x, y, key, threat, steps, step_size, random_start, loss_fn, keep_best):
-    """One PGD run. Returns (x_adv, margin(x_adv)) or (x_adv, None) when keep_best is False."""
-    xa = threat.random_init(key, x) if random_start else x
-    alpha = jnp.asarray(step_size, x.dtype)
+def _pgd_spec(logits_fn, steps, step_size, restarts, random_start, loss, keep_best):
+    loss_fn = loss_by_name(loss)
+    track = keep_best or restarts > 1
 
-    if not keep_best:
-        def body(_, xa):
-            g, _ = _input_grad(logits_fn, loss_fn, xa, y)
-            return threat.project(xa + alpha * threat.steepest(g), x)
+    def alpha(ctx):
+        th = ctx["threat"]
+        a = default_step_size(th.eps, steps) if step_size is None else step_size
+        return jnp.asarray(a, ctx["x"].dtype)
 
-        return jax.lax.fori_loop(0, steps, body, xa), None
+    def init1(ctx, key):
+        x = ctx["x"]
+        xa = ctx["threat"].random_init(key, x) if random_start else x
+        if not track:
+            return (xa,)
+        return (xa, xa, jnp.full((x.shape[0],), jnp.inf, jnp.float32))
 
-    def body(_, carry):
-        xa, bx, bm = carry
-        g, logits = _input_grad(logits_fn, loss_fn, xa, y)
+    def step1(ctx, state):
+        x, y, th = ctx["x"], ctx["y"], ctx["threat"]
+        xa = state[0]
+        g, logits = input_grad(logits_fn, loss_fn, xa, y)
+        xn = th.project(xa + alpha(ctx) * th.steepest(g), x)
+        if not track:
+            return (xn,)
+        _, bx, bm = state
         m = L.margin(logits, y)
         better = m < bm
-        bx, bm = select(better, xa, bx), jnp.where(better, m, bm)
-        return threat.project(xa + alpha * threat.steepest(g), x), bx, bm
+        return (xn, select(better, xa, bx), jnp.where(better, m, bm))
 
-    init = (xa, xa, jnp.full((x.shape[0],), jnp.inf, jnp.float32))
-    xa, bx, bm = jax.lax.fori_loop(0, steps, body, init)
-    m = L.margin(logits_fn(xa), y)
-    better = m < bm
-    return select(better, xa, bx), jnp.where(better, m, bm)
+    def final1(ctx, state):
+        if not track:
+            return state[0], None
+        xa, bx, bm = state
+        m = L.margin(logits_fn(xa), ctx["y"])
+        better = m < bm
+        return select(better, xa, bx), jnp.where(better, m, bm)
 
-
-def _pgd_impl(logits_fn, x, y, key, threat, *, steps, step_size, restarts, random_start, loss, keep_best):
-    loss_fn = _loss_fn(loss)
-    if step_size is None:
-        step_size = default_step_size(threat.eps, steps)
     if restarts == 1:
-        return _pgd_run(logits_fn, x, y, key, threat, steps, step_size, random_start, loss_fn, keep_best)[0]
-    keys = jax.random.split(key, restarts)
-    run = lambda k: _pgd_run(logits_fn, x, y, k, threat, steps, step_size, random_start, loss_fn, True)
-    xs, ms = jax.vmap(run)(keys)  # (R, B, ...), (R, B)
-    best = jnp.argmin(ms, axis=0)  # per example, the restart with the lowest margin
-    return jnp.take_along_axis(xs, best.reshape((1, -1) + (1,) * (x.ndim - 1)), axis=0)[0]
+        return Spec(lambda ctx: init1(ctx, ctx["key"]), lambda ctx, i, s: step1(ctx, s),
+                    lambda ctx, s: final1(ctx, s)[0], steps)
+
+    def init(ctx):
+        keys = jax.random.split(ctx["key"], restarts)
+        return jax.vmap(init1, in_axes=(None, 0))(ctx, keys)
+
+    def step(ctx, i, s):
+        return jax.vmap(step1, in_axes=(None, 0))(ctx, s)
+
+    def final(ctx, s):
+        xs, ms = jax.vmap(final1, in_axes=(None, 0))(ctx, s)  # (R, B, ...), (R, B)
+        best = jnp.argmin(ms, axis=0)  # per example the restart with the lowest margin
+        x = ctx["x"]
+        return jnp.take_along_axis(xs, best.reshape((1, -1) + (1,) * (x.ndim - 1)), axis=0)[0]
+
+    return Spec(init, step, final, steps)
+
+
+def _run_pgd(logits_fn, x, y, key, threat, *, steps, step_size, restarts, random_start, loss, keep_best):
+    settings = (steps, step_size, restarts, random_start, loss, keep_best)
+    ctx = {"x": jnp.asarray(x), "y": jnp.asarray(y), "key": key, "threat": threat}
+    return run_spec(("pgd", logits_fn) + settings, lambda: _pgd_spec(logits_fn, *settings), ctx)
 
 
 def pgd(logits_fn, x, y, key, threat, *, steps=10, step_size=None, restarts=1, random_start=True,
@@ -114,18 +144,18 @@ def pgd(logits_fn, x, y, key, threat, *, steps=10, step_size=None, restarts=1, r
       loss: "ce" (maximise cross-entropy), "margin" (minimise z_y - max_{k!=y} z_k),
         "dlr" (Croce & Hein), or a callable (logits, y) -> (B,) loss to maximise.
       keep_best: return, per example, the iterate with the lowest margin seen (at no extra
-        gradient cost); False returns the last iterate (classic PGD, one forward cheaper).
+        gradient cost, one extra forward); False returns the last iterate (classic PGD).
 
     Returns x_adv with ||x_adv - x|| <= eps and x_adv in [0, 1] (up to float32 rounding).
     """
     validate(logits_fn, x, y, key, threat)
     check_setting_positive_int(steps, "steps")
     check_setting_positive_int(restarts, "restarts")
-    _loss_fn(loss)
+    loss_by_name(loss)
     if not random_start:
         restarts = 1  # deterministic runs would all be identical
-    return dispatch(_pgd_impl, logits_fn, x, y, key, threat, steps=steps, step_size=step_size,
-                    restarts=restarts, random_start=bool(random_start), loss=loss, keep_best=bool(keep_best))
+    return _run_pgd(logits_fn, x, y, key, threat, steps=int(steps), step_size=step_size, restarts=int(restarts),
+                    random_start=bool(random_start), loss=loss, keep_best=bool(keep_best))
 
 
 def ifgsm(logits_fn, x, y, key, threat, *, steps=10, step_size=None, loss="ce"):
@@ -133,6 +163,6 @@ def ifgsm(logits_fn, x, y, key, threat, *, steps=10, step_size=None, loss="ce"):
     last iterate returned.  step_size defaults to 2.5 * eps / steps."""
     validate(logits_fn, x, y, key, threat)
     check_setting_positive_int(steps, "steps")
-    _loss_fn(loss)
-    return dispatch(_pgd_impl, logits_fn, x, y, key, threat, steps=steps, step_size=step_size,
-                    restarts=1, random_start=False, loss=loss, keep_best=False)
+    loss_by_name(loss)
+    return _run_pgd(logits_fn, x, y, key, threat, steps=int(steps), step_size=step_size, restarts=1,
+                    random_start=False, loss=loss, keep_best=False)
