@@ -11,7 +11,7 @@ import numpy as np
 from jsemi.attacks._common import check_key
 from jsemi.validation import check_images, check_labels
 
-__all__ = ["robust_accuracy", "robust_correct"]
+__all__ = ["robust_accuracy", "robust_correct", "robust_accuracy_eps_grid"]
 
 
 @jax.jit
@@ -84,3 +84,52 @@ def _cached_forward(logits_fn):
             _FWD_CACHE.clear()
         _FWD_CACHE[id(logits_fn)] = f
     return f[1]
+
+
+def robust_accuracy_eps_grid(logits_fn, x, y, key, attack, threat, eps_grid: Sequence[float],
+                             batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Robust accuracy for every eps of ``eps_grid`` with one compiled call per batch.
+
+    ``attack(logits_fn, x, y, key, threat)`` is any jsemi attack with its settings bound
+    (e.g. ``functools.partial(pgd, steps=10)``); it is vmapped over ``threat.with_eps(eps)``
+    for eps in the grid, with the same key for every eps.  Returns an array (len(eps_grid),).
+    """
+    from jsemi.attacks.threat import as_threat
+
+    threat = as_threat(threat)
+    check_images(x, "x")
+    check_labels(y, name="y", batch=x.shape[0])
+    check_key(key)
+    eps = np.asarray(eps_grid, np.float32)
+    if eps.ndim != 1 or eps.size == 0 or np.any(eps < 0) or not np.all(np.isfinite(eps)):
+        raise ValueError(f"eps_grid must be a non-empty 1-d sequence of finite values >= 0, got {eps_grid}")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32)
+    n = x.shape[0]
+
+    @jax.jit
+    def grid_correct(xb, yb, kb, eps_arr):
+        clean = jnp.argmax(logits_fn(xb), -1) == yb
+
+        def one(e):
+            xa = attack(logits_fn, xb, yb, kb, threat.with_eps(e))
+            return clean & (jnp.argmax(logits_fn(xa), -1) == yb)
+
+        return jax.vmap(one)(eps_arr)
+
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, total=-(-n // batch_size), desc="eps grid", unit="batch")
+    total = np.zeros(eps.size)
+    for i, s in enumerate(starts):
+        xb, yb = x[s : s + batch_size], y[s : s + batch_size]
+        m = xb.shape[0]
+        if m < batch_size and n > batch_size:
+            reps = batch_size - m
+            xb = np.concatenate([xb, np.repeat(xb[-1:], reps, 0)])
+            yb = np.concatenate([yb, np.repeat(yb[-1:], reps, 0)])
+        ok = np.asarray(grid_correct(jnp.asarray(xb), jnp.asarray(yb), jax.random.fold_in(key, i), jnp.asarray(eps)))
+        total += ok[:, :m].sum(axis=1)
+    return total / n

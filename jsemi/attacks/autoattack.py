@@ -1,0 +1,157 @@
+"""AutoAttack compositions (Croce & Hein, ICML 2020): "standard", "rand" and "custom".
+
+Attacks run in order, each only on the points still classified correctly; a point counts
+as robust only if no attack fools it (the per-point worst case, not an average).  The
+returned x_adv is, per point, the first adversarial example found, else the candidate with
+the lowest margin; points misclassified on clean inputs keep x.
+
+With concrete inputs the still-robust points are gathered on the host and padded to a
+power-of-two bucket (so each attack compiles for at most log2(batch) shapes); inside a
+caller's trace every attack runs on the whole batch and the results are masked.
+
+Versions (L-inf and L2):
+- "standard": APGD-CE (100 iterations), APGD-T (100 iterations, min(9, K-1) targets),
+  FAB-T (100 iterations, min(9, K-1) targets), Square (5,000 queries; L-inf only: jsemi
+  has no L2 Square, so the L2 composition runs the first three).
+- "rand": APGD-CE and APGD-DLR.  The reference averages gradients over 20 draws (EOT) for
+  randomised defences; jsemi's ``logits_fn`` is deterministic (no key), for which EOT
+  equals one gradient, so it is omitted.
+- "custom": ``attacks=[...]`` any of "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square",
+  "pgd", "fgsm", "cw" with the shared settings n_iter / n_targets / n_queries.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jsemi.attacks import losses as L
+from jsemi.attacks._common import is_traced, select, validate
+from jsemi.attacks.apgd import apgd, apgd_t
+from jsemi.attacks.cw import cw_l2
+from jsemi.attacks.fab import fab_t
+from jsemi.attacks.pgd import fgsm, pgd
+from jsemi.attacks.square import square
+from jsemi.attacks.threat import LinfBall
+
+__all__ = ["autoattack", "autoattack_attacks", "VERSIONS"]
+
+VERSIONS = ("standard", "rand", "custom")
+_KNOWN = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "pgd", "fgsm", "cw")
+
+
+def autoattack_attacks(version: str, threat, attacks=None) -> list[str]:
+    if version == "standard":
+        names = ["apgd-ce", "apgd-t", "fab-t"] + (["square"] if isinstance(threat, LinfBall) else [])
+    elif version == "rand":
+        names = ["apgd-ce", "apgd-dlr"]
+    elif version == "custom":
+        if not attacks:
+            raise ValueError("version='custom' needs attacks=[...] (names from %s)" % (_KNOWN,))
+        names = list(attacks)
+    else:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    for n in names:
+        if n not in _KNOWN:
+            raise ValueError(f"unknown attack {n!r} in the AutoAttack composition; known: {_KNOWN}")
+    if "square" in names and not isinstance(threat, LinfBall):
+        raise ValueError("square is L-inf only; remove it from the composition for an L2 threat")
+    return names
+
+
+def _make(name, n_iter, n_targets, n_queries):
+    if name == "apgd-ce":
+        return lambda f, x, y, k, th: apgd(f, x, y, k, th, n_iter=n_iter, loss="ce")
+    if name == "apgd-dlr":
+        return lambda f, x, y, k, th: apgd(f, x, y, k, th, n_iter=n_iter, loss="dlr")
+    if name == "apgd-t":
+        return lambda f, x, y, k, th: apgd_t(f, x, y, k, th, n_iter=n_iter, n_targets=n_targets)
+    if name == "fab-t":
+        return lambda f, x, y, k, th: fab_t(f, x, y, k, th, n_iter=n_iter, n_targets=n_targets)
+    if name == "square":
+        return lambda f, x, y, k, th: square(f, x, y, k, th, n_queries=n_queries)
+    if name == "pgd":
+        return lambda f, x, y, k, th: pgd(f, x, y, k, th, steps=n_iter)
+    if name == "fgsm":
+        return lambda f, x, y, k, th: fgsm(f, x, y, k, th)
+    if name == "cw":
+        return lambda f, x, y, k, th: cw_l2(f, x, y, k, th, steps=n_iter)
+    raise ValueError(name)
+
+
+_pred_margin = jax.jit(lambda f, x, y: (jnp.argmax(f(x), 1) != y, L.margin(f(x), y)), static_argnums=0)
+
+
+def _bucket(n: int, full: int) -> int:
+    b = 16
+    while b < n:
+        b *= 2
+    return min(b, full) if n <= full else n
+
+
+def autoattack(logits_fn, x, y, key, threat, *, version="standard", attacks=None, n_iter=100, n_targets=None,
+               n_queries=5000, return_info=False):
+    """Runs the AutoAttack composition; returns x_adv, or (x_adv, info) with
+    info = {"attacks": [...], "clean_acc": float, "robust_acc_after": {name: float},
+    "robust_acc": float, "robust": bool (B,)} (accuracies over this batch)."""
+    validate(logits_fn, x, y, key, threat)
+    names = autoattack_attacks(version, threat, attacks)
+    fns = [_make(n, n_iter, n_targets, n_queries) for n in names]
+    if is_traced(x, y, key, threat):
+        return _autoattack_traced(logits_fn, x, y, key, threat, names, fns, return_info)
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    b = x.shape[0]
+    fooled0, m0 = _pred_margin(logits_fn, x, y)
+    robust = ~np.asarray(fooled0)
+    clean_acc = float(robust.mean())
+    x_np = np.array(x)
+    y_np = np.asarray(y)
+    x_adv = x_np.copy()
+    m_best = np.asarray(m0).copy()
+    after = {}
+    for j, (name, fn) in enumerate(zip(names, fns)):
+        ids = np.nonzero(robust)[0]
+        if ids.size:
+            size = _bucket(ids.size, b)
+            ids_p = np.concatenate([ids, np.full(size - ids.size, ids[0])])
+            xs, ys = jnp.asarray(x_np[ids_p]), jnp.asarray(y_np[ids_p])
+            xa = fn(logits_fn, xs, ys, jax.random.fold_in(key, j), threat)
+            fooled, m = _pred_margin(logits_fn, xa, ys)
+            fooled = np.asarray(fooled)[: ids.size]
+            m = np.asarray(m)[: ids.size]
+            xa = np.asarray(xa)[: ids.size]
+            upd = fooled | (m < m_best[ids])
+            x_adv[ids[upd]] = xa[upd]
+            m_best[ids[upd]] = m[upd]
+            robust[ids[fooled]] = False
+        after[name] = float(robust.mean())
+    out = jnp.asarray(x_adv)
+    if return_info:
+        return out, {"attacks": names, "clean_acc": clean_acc, "robust_acc_after": after,
+                     "robust_acc": float(robust.mean()), "robust": robust}
+    return out
+
+
+def _autoattack_traced(logits_fn, x, y, key, threat, names, fns, return_info):
+    logits = logits_fn(x)
+    robust = jnp.argmax(logits, 1) == y
+    m_best = L.margin(logits, y)
+    x_adv = x
+    after = {}
+    clean_acc = jnp.mean(robust)
+    for j, (name, fn) in enumerate(zip(names, fns)):
+        xa = fn(logits_fn, x, y, jax.random.fold_in(key, j), threat)
+        la = logits_fn(xa)
+        fooled = (jnp.argmax(la, 1) != y) & robust
+        m = L.margin(la, y)
+        upd = robust & (fooled | (m < m_best))
+        x_adv = select(upd, xa, x_adv)
+        m_best = jnp.where(upd, m, m_best)
+        robust = robust & ~fooled
+        after[name] = jnp.mean(robust)
+    if return_info:
+        return x_adv, {"attacks": names, "clean_acc": clean_acc, "robust_acc_after": after,
+                       "robust_acc": jnp.mean(robust), "robust": robust}
+    return x_adv

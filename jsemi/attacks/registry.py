@@ -1,0 +1,72 @@
+"""Attacks by name, for the CLI (``jsemi eval --attack NAME --eps E``) and experiments.
+
+``get_attack(name, threat, **settings)`` returns ``attack(logits_fn, x, y, key) -> x_adv``
+with the threat and settings bound; ``default_threat(name, eps)`` builds the threat model
+the name implies (L2 for "pgd-l2" and "cw", else L-inf).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from jsemi.attacks.apgd import apgd, apgd_t
+from jsemi.attacks.autoattack import autoattack
+from jsemi.attacks.cw import cw_l2
+from jsemi.attacks.fab import fab_t
+from jsemi.attacks.pgd import fgsm, ifgsm, pgd
+from jsemi.attacks.square import square
+from jsemi.attacks.threat import L2Ball, LinfBall, as_threat
+
+__all__ = ["ATTACK_NAMES", "get_attack", "default_threat"]
+
+# name -> (function, fixed settings, required threat type or None)
+_TABLE = {
+    "fgsm": (fgsm, {}, None),
+    "ifgsm": (ifgsm, {}, None),
+    "pgd": (pgd, {}, None),
+    "pgd-l2": (pgd, {}, L2Ball),
+    "cw": (cw_l2, {}, None),
+    "apgd-ce": (apgd, {"loss": "ce"}, None),
+    "apgd-dlr": (apgd, {"loss": "dlr"}, None),
+    "apgd-t": (apgd_t, {}, None),
+    "fab-t": (fab_t, {}, None),
+    "square": (square, {}, LinfBall),
+    "autoattack": (autoattack, {"version": "standard"}, None),
+    "autoattack-rand": (autoattack, {"version": "rand"}, None),
+    "autoattack-custom": (autoattack, {"version": "custom"}, None),
+}
+ATTACK_NAMES = tuple(_TABLE)
+
+
+def default_threat(name: str, eps: float):
+    """L2Ball(eps) for "pgd-l2" and "cw", LinfBall(eps) for every other attack name."""
+    if name not in _TABLE:
+        raise ValueError(f"unknown attack {name!r}; available: {', '.join(ATTACK_NAMES)}")
+    return L2Ball(eps) if name in ("pgd-l2", "cw") else LinfBall(eps)
+
+
+def get_attack(name: str, threat, **settings) -> Callable:
+    """Returns ``attack(logits_fn, x, y, key) -> x_adv`` for ``name`` under ``threat``.
+
+    ``settings`` are the keyword settings of the underlying function (e.g. steps=10,
+    step_size=2/255 for "pgd"; n_iter=100 for "apgd-ce"; c=1.0, kappa=0.0, steps=50,
+    lr=0.01 for "cw"); unknown settings raise TypeError at the first call.
+    """
+    if name not in _TABLE:
+        raise ValueError(f"unknown attack {name!r}; available: {', '.join(ATTACK_NAMES)}")
+    threat = as_threat(threat)
+    fn, fixed, need = _TABLE[name]
+    if need is not None and not isinstance(threat, need):
+        raise ValueError(f"attack {name!r} needs a {need.__name__} threat, got {threat!r}")
+    kw = {**fixed, **settings}
+
+    @functools.wraps(fn)
+    def attack(logits_fn, x, y, key):
+        return fn(logits_fn, x, y, key, threat, **kw)
+
+    attack.__name__ = name
+    attack.__qualname__ = name
+    attack.threat = threat
+    attack.settings = kw
+    return attack
