@@ -72,3 +72,68 @@ def test_bound_report_renders_json_and_markdown_with_units():
     for text in ("[logit]", "[bits]", "[logit + bits]", "as the paper states", "upper estimate", "Thm 3"):
         assert text in md
     assert md.count("| 4 | 3 |") == 1 and "| (6, 7) |" in md
+
+
+# ----------------------------------------------------------------------------- end to end on a trained CNN
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A SmallCNN trained for a few seconds on the synthetic dataset, as a `jsemi train` run directory."""
+    from jsemi.data import load_dataset
+    from jsemi.pretrain import pretrain
+    from jsemi.train import TrainConfig
+
+    run = tmp_path_factory.mktemp("theory") / "run"
+    tr = load_dataset("synthetic", "train", subset=512)
+    te = load_dataset("synthetic", "test", subset=128)
+    cfg = TrainConfig(optimizer="adam", lr=3e-3, epochs=2, batch_size=64, augment=False)
+    pretrain(run, "small_cnn", tr.images, tr.labels, te.images, te.labels, cfg, num_classes=10, dataset="synthetic",
+             model_kwargs={"widths": (8, 8, 16, 16, 16), "hidden": 32}, progress=False, log=lambda s: None)
+    return run, te
+
+
+def test_bound_report_end_to_end_on_trained_cnn(trained_run, tmp_path, capsys):
+    """`jsemi estimate` on a trained SmallCNN: gammas, attacked data, rho with nulls, sensitivities, bounds."""
+    from jsemi.cli import main
+
+    run, _ = trained_run
+    out = tmp_path / "est"
+    assert main(["estimate", "--run", str(run), "--out", str(out), "--split", "4", "--split", "6", "--test-subset", "60",
+                 "--probe-subset", "100", "--gamma-layers", "needed", "--gamma-steps", "5", "--gamma-restarts", "1",
+                 "--rho-steps", "5", "--rho-layers", "needed", "--estimator", "ksg", "--permutations", "3", "--eps", "0.1",
+                 "--batch-size", "32"]) == 0
+    d = json.loads((out / "estimate.json").read_text())
+    assert d["n"] == 7 and [s["a"] for s in d["splits"]] == [4, 6]
+    assert d["settings"]["threat"] == {"norm": "linf", "eps": 0.1} and d["settings"]["probe_examples"] == 100
+    g = {e["layer"]: e for e in d["gamma_details"]}
+    assert sorted(g) == [4, 6, 7] and g[7]["probe"] == "identity" and g[4]["probe"] == "ridge"
+    assert g[7]["clean_acc"] > 0.5  # trained: far above chance (0.1)
+    for e in g.values():
+        assert e["attacked_margin"] <= e["clean_margin"] and "UPPER" in e["note"]
+    rho = {e["layer"]: e for e in d["rho_details"]}
+    assert sorted(rho) == [5, 6, 7] and rho[5]["pair"] == [4, 5] and rho[5]["estimator"] == "ksg"
+    s4, s6 = d["splits"]
+    assert s4["gamma_a"] == g[4]["attacked_margin"] and s4["gamma_b"] == g[7]["attacked_margin"]
+    assert s4["theorem2"] == pytest.approx(g[4]["attacked_margin"] + sum(rho[j]["rho"] for j in (5, 6, 7)))
+    assert s6["theorem2"] == pytest.approx(g[6]["attacked_margin"] + rho[7]["rho"])
+    assert s4["theorem3"] == pytest.approx(4.0 * g[4]["attacked_margin"])
+    assert all(e["null"] is not None and e["p_value"] is not None for e in s4["rhos"])
+    assert [e["layer"] for e in d["sensitivities"]] == list(range(1, 8))
+    md = (out / "estimate.md").read_text()
+    assert "| 4 | 3 |" in md and "[bits]" in md and "| (6, 7) |" in md
+    assert main(["estimate", "--run", str(run), "--out", str(out), "--split", "7"]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_cli_linear_writes_json_and_markdown(trained_run, tmp_path):
+    from jsemi.cli import main
+
+    run, _ = trained_run
+    lin = tmp_path / "lin"
+    assert main(["linear", "--run", str(run), "--out", str(lin), "--split", "3", "--split", "5", "--attacks", "none,fgsm",
+                 "--test-subset", "40", "--random-trials", "2", "--eps", "0.1"]) == 0
+    d = json.loads((lin / "linear.json").read_text())
+    assert [(r["attack"], r["a"]) for r in d["rows"]] == [("none", 3), ("none", 5), ("fgsm", 3), ("fgsm", 5)]
+    assert all(0.0 <= r["acc_linear"] <= 1.0 and "heldout_acc_linear" in r for r in d["rows"])
+    assert "Acc~" in (lin / "linear.md").read_text()

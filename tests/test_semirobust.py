@@ -111,7 +111,7 @@ def test_gamma_binary_linear_classifier_linf_matches_closed_form():
     w, b = _dense(variables, 1)
     exact = exact_linf_margin(w, b, x, y, eps)  # includes the [0, 1] box
     r = layer_gamma(model, variables, 1, x, y, jax.random.PRNGKey(1), threat=LinfBall(eps), attack=pgd,
-                    attack_settings={"steps": 20, "restarts": 1}, batch_size=20, per_example=True)
+                    attack_settings={"steps": 5, "restarts": 1}, batch_size=20, per_example=True)
     assert r["probe"] == "identity"
     # binary margin is linear in x: PGD's sign steps reach the exact minimiser (a vertex of box ∩ ball)
     np.testing.assert_allclose(r["attacked_margins"], np.minimum(exact, r["clean_margins"]), atol=1e-4)
@@ -131,11 +131,11 @@ def test_gamma_multiclass_linear_linf_exact_with_targets_upper_without():
     exact = exact_linf_margin(w, b, x, y, eps)
     key = jax.random.PRNGKey(2)
     untargeted = layer_gamma(model, variables, 1, x, y, key, threat=LinfBall(eps), attack=pgd,
-                             attack_settings={"steps": 10, "restarts": 2}, per_example=True)
+                             attack_settings={"steps": 5, "restarts": 2}, per_example=True)
     # an attack can only find a delta, never beat the infimum: the estimate is an upper estimate
     assert np.all(untargeted["attacked_margins"] >= exact - 1e-4)
     targeted = layer_gamma(model, variables, 1, x, y, key, threat=LinfBall(eps), attack=pgd,
-                           attack_settings={"steps": 10, "restarts": 1}, targets=3, per_example=True)
+                           attack_settings={"steps": 5, "restarts": 1}, targets=3, per_example=True)
     np.testing.assert_allclose(targeted["attacked_margins"], exact, atol=1e-4)
     assert targeted["attacked_acc"] == pytest.approx(float(np.mean(exact > 0)))
 
@@ -147,7 +147,7 @@ def test_gamma_linear_l2_matches_closed_form(num_classes, targets):
     w, b = _dense(variables, 1)
     exact = exact_l2_margin(w, b, x, y, eps)
     r = layer_gamma(model, variables, 1, x, y, jax.random.PRNGKey(0), threat=L2Ball(eps), attack=pgd,
-                    attack_settings={"steps": 20, "random_start": False}, targets=targets, per_example=True)
+                    attack_settings={"steps": 5, "random_start": False}, targets=targets, per_example=True)
     np.testing.assert_allclose(r["attacked_margins"], exact, atol=2e-4)
     assert r["threat"]["norm"] == "l2"
 
@@ -162,7 +162,7 @@ def test_gamma_of_probe_on_linear_layer_matches_closed_form():
     wp, bp = np.asarray(wp, np.float64), np.asarray(bp, np.float64)
     exact = exact_linf_margin(w1 @ wp, b1 @ wp + bp, x, y, eps)
     r = layer_gamma(model, variables, 1, x, y, jax.random.PRNGKey(4), threat=LinfBall(eps), attack=pgd,
-                    attack_settings={"steps": 10, "restarts": 1}, targets=2, per_example=True)
+                    attack_settings={"steps": 5, "restarts": 1}, targets=2, per_example=True)
     assert r["probe"] == "ridge" and r["feature_dim"] == 5
     np.testing.assert_allclose(r["attacked_margins"], exact, atol=1e-3)
     assert r["clean_margin"] >= r["attacked_margin"]

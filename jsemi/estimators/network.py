@@ -88,7 +88,11 @@ def network_rhos(model, variables, x_adv, y, key, layers: Iterable[int] | None =
 
 def layer_sensitivities(model, variables, x, x_adv, layers: Iterable[int] | None = None, *,
                         batch_size: int = 256) -> list[dict]:
-    """Sensitivity of each weight layer (default all): [{'layer': j, 'sensitivity': float}]."""
+    """Sensitivity of each weight layer (default all): [{'layer': j, 'sensitivity': float}].
+
+    ``jsemi.estimators.dependence.sensitivity`` with its defaults (per channel for conv maps,
+    per unit for dense outputs; mean over images) on F(j)(x) and F(j)(x_adv).
+    """
     from jsemi.estimators.dependence import sensitivity
 
     x = np.asarray(x)
@@ -102,6 +106,7 @@ def layer_sensitivities(model, variables, x, x_adv, layers: Iterable[int] | None
     bad = [j for j in js if not 1 <= j <= n]
     if bad:
         raise ValueError(f"layer indices {bad} out of range 1..{n}")
-    clean = collect_layer_outputs(model, variables, x, js, batch_size=batch_size)
-    adv = collect_layer_outputs(model, variables, x_adv, js, batch_size=batch_size)
+    # unflattened: conv maps (N, H, W, C) are compared per channel, dense outputs per unit
+    clean = collect_layer_outputs(model, variables, x, js, batch_size=batch_size, flatten=False)
+    adv = collect_layer_outputs(model, variables, x_adv, js, batch_size=batch_size, flatten=False)
     return [{"layer": j, "sensitivity": float(sensitivity(clean[j], adv[j]))} for j in js]

@@ -250,8 +250,8 @@ def attacked_margins(score_fn: Callable, params: Any, x, y, key, *, threat, atta
 
 
 def network_info(model, variables, x) -> tuple[int, int]:
-    """(number of weight layers n, number of classes K) from one forward pass on ``x[:1]``."""
-    logits, outs = layer_outputs(model, variables, jnp.asarray(x[:1]))
+    """(number of weight layers n, number of classes K) from the shapes of a forward pass on ``x[:1]``."""
+    logits, outs = jax.eval_shape(lambda xb: layer_outputs(model, variables, xb), jnp.asarray(x[:1], jnp.float32))
     return len(outs), int(logits.shape[-1])
 
 
