@@ -278,3 +278,194 @@ def test_bfloat16_compute_float32_params_and_logits(name):
     scale = float(jnp.max(jnp.abs(l32)))
     err = float(jnp.max(jnp.abs(l16 - l32)))
     assert err <= 0.05 * scale + 1e-2, (err, scale)
+
+
+# ----------------------------------------------------------------- parity with PyTorch (slow, needs torch)
+
+
+def _torch_parity_cases():
+    """(name, flax model, torch model, variables builder) for small configs; torch built on demand."""
+    torch = pytest.importorskip("torch")
+    tv = pytest.importorskip("torchvision")
+    tnn = torch.nn
+    torch.manual_seed(0)
+
+    def conv_k(m):
+        return m.weight.detach().numpy().transpose(2, 3, 1, 0)
+
+    def lin_k(m):
+        return m.weight.detach().numpy().T
+
+    def put_conv(v, j, m):
+        p = {"kernel": conv_k(m)}
+        if m.bias is not None:
+            p["bias"] = m.bias.detach().numpy()
+        v["params"][f"L{j:02d}_conv"] = p
+
+    def put_bn(v, j, bn, conv_bias=None):
+        mean = bn.running_mean.numpy() - (0 if conv_bias is None else conv_bias.detach().numpy())
+        v["params"][f"L{j:02d}_bn"] = {"scale": bn.weight.detach().numpy(), "bias": bn.bias.detach().numpy()}
+        v["batch_stats"][f"L{j:02d}_bn"] = {"mean": mean, "var": bn.running_var.numpy()}
+
+    def put_dense(v, j, m):
+        v["params"][f"L{j:02d}_dense"] = {"kernel": lin_k(m), "bias": m.bias.detach().numpy()}
+
+    def randomise(model):
+        with torch.no_grad():
+            for mod in model.modules():
+                if isinstance(mod, (tnn.BatchNorm2d, tnn.LayerNorm)):
+                    mod.weight.uniform_(0.5, 1.5)
+                    mod.bias.normal_(0, 0.2)
+                if isinstance(mod, tnn.BatchNorm2d):
+                    mod.running_mean.normal_(0, 0.2)
+                    mod.running_var.uniform_(0.5, 1.5)
+                if isinstance(mod, tnn.Linear):
+                    mod.weight.normal_(0, 1 / np.sqrt(mod.in_features))
+                    mod.bias.normal_(0, 0.1)
+        return model.eval()
+
+    def resnet(name, bottleneck):
+        t = (tv.models.resnet50 if bottleneck else tv.models.resnet18)(num_classes=10)
+        t.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        t.maxpool = tnn.Identity()
+        randomise(t)
+        v = {"params": {}, "batch_stats": {}}
+        put_conv(v, 1, t.conv1), put_bn(v, 1, t.bn1)
+        j = 1
+        for layer in (t.layer1, t.layer2, t.layer3, t.layer4):
+            for blk in layer:
+                pairs = [(blk.conv1, blk.bn1), (blk.conv2, blk.bn2)] if bottleneck else [(blk.conv1, blk.bn1)]
+                for c, b in pairs:
+                    j += 1
+                    put_conv(v, j, c), put_bn(v, j, b)
+                if blk.downsample is not None:
+                    j += 1
+                    put_conv(v, j, blk.downsample[0]), put_bn(v, j, blk.downsample[1])
+                last = (blk.conv3, blk.bn3) if bottleneck else (blk.conv2, blk.bn2)
+                j += 1
+                put_conv(v, j, last[0]), put_bn(v, j, last[1])
+        put_dense(v, j + 1, t.fc)
+        return get_model(name, 10), t, v
+
+    def vgg():
+        t = tv.models.vgg16_bn(num_classes=10)
+        t.avgpool = tnn.AdaptiveAvgPool2d(1)
+        t.classifier[0] = tnn.Linear(512, 4096)
+        randomise(t)
+        v = {"params": {}, "batch_stats": {}}
+        convs = [m for m in t.features if isinstance(m, tnn.Conv2d)]
+        bns = [m for m in t.features if isinstance(m, tnn.BatchNorm2d)]
+        for j, (c, b) in enumerate(zip(convs, bns), start=1):
+            v["params"][f"L{j:02d}_conv"] = {"kernel": conv_k(c)}  # conv bias folded into the BN mean
+            put_bn(v, j, b, conv_bias=c.bias)
+        for j, m in zip((14, 15, 16), (t.classifier[0], t.classifier[3], t.classifier[6])):
+            put_dense(v, j, m)
+        return get_model("vgg16", 10), t, v
+
+    def alexnet():
+        spec = [(3, 64, 11, 4, 5, True), (64, 192, 5, 1, 2, True), (192, 384, 3, 1, 1, False),
+                (384, 256, 3, 1, 1, False), (256, 256, 3, 1, 1, True)]
+        layers = []
+        for cin, cout, k, s, p, pool in spec:
+            layers += [tnn.Conv2d(cin, cout, k, s, p), tnn.ReLU()] + ([tnn.MaxPool2d(2, 2)] if pool else [])
+        t = randomise(tnn.Sequential(*layers, tnn.Flatten(), tnn.Linear(256, 10)))
+        v = {"params": {}}
+        for j, c in enumerate([m for m in t if isinstance(m, tnn.Conv2d)], start=1):
+            put_conv(v, j, c)
+        put_dense(v, 6, t[-1])
+        return get_model("alexnet", 10, use_bn=False), t, v
+
+    class PreActBlock(tnn.Module):  # written from the WRN paper's description (pre-activation)
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.bn1, self.conv1 = tnn.BatchNorm2d(cin), tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn2, self.conv2 = tnn.BatchNorm2d(cout), tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.equal = cin == cout and stride == 1
+            self.short = None if self.equal else tnn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+        def forward(self, x):
+            a = torch.relu(self.bn1(x))
+            h = self.conv2(torch.relu(self.bn2(self.conv1(a))))
+            return (x if self.equal else self.short(a)) + h
+
+    def wrn():
+        depth, k = 10, 2
+        blocks, cin = [], 16
+        for g, base in enumerate((16, 32, 64)):
+            blocks.append(PreActBlock(cin, base * k, 1 if g == 0 else 2))
+            cin = base * k
+        t = randomise(tnn.Sequential(tnn.Conv2d(3, 16, 3, 1, 1, bias=False), *blocks, tnn.BatchNorm2d(cin),
+                                     tnn.ReLU(), tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(cin, 10)))
+        v = {"params": {}, "batch_stats": {}}
+        put_conv(v, 1, t[0])
+        j, out_bn = 1, blocks[0].bn1
+        for i, blk in enumerate(blocks):
+            put_bn(v, j, blk.bn1)  # a block's bn1 belongs to the layer that produced its input
+            j += 1
+            put_conv(v, j, blk.conv1), put_bn(v, j, blk.bn2)
+            if blk.short is not None:
+                j += 1
+                put_conv(v, j, blk.short)
+            j += 1
+            put_conv(v, j, blk.conv2)
+        put_bn(v, j, t[len(blocks) + 1])
+        put_dense(v, j + 1, t[-1])
+        return get_model("wrn34_10", 10, depth=depth, widen_factor=k), t, v
+
+    def vit():
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        kw = SMALL["vit_b"]
+        t = VisionTransformer(32, 4, kw["depth"], kw["heads"], kw["dim"], kw["mlp_dim"], num_classes=10)
+        randomise(t)
+        with torch.no_grad():
+            t.class_token.normal_(0, 0.5)
+        g = lambda a: a.detach().numpy()
+        v = {"params": {}}
+        put_conv(v, 1, t.conv_proj)
+        v["params"]["L01_embed"] = {"cls": g(t.class_token), "pos": g(t.encoder.pos_embedding)}
+        ln = lambda m: {"scale": g(m.weight), "bias": g(m.bias)}
+        j = 1
+        for blk in t.encoder.layers:
+            at = blk.self_attention
+            v["params"][f"L{j:02d}_ln"] = ln(blk.ln_1)
+            v["params"][f"L{j + 1:02d}_dense"] = {"kernel": g(at.in_proj_weight).T, "bias": g(at.in_proj_bias)}
+            put_dense(v, j + 2, at.out_proj)
+            v["params"][f"L{j + 2:02d}_ln"] = ln(blk.ln_2)
+            put_dense(v, j + 3, blk.mlp[0]), put_dense(v, j + 4, blk.mlp[3])
+            j += 4
+        v["params"][f"L{j:02d}_ln"] = ln(t.encoder.ln)
+        put_dense(v, j + 1, t.heads.head)
+        return get_model("vit_b", 10, **kw), t, v
+
+    return torch, {
+        "resnet18": lambda: resnet("resnet18", False),
+        "resnet50": lambda: resnet("resnet50", True),
+        "vgg16": vgg,
+        "alexnet": alexnet,
+        "wrn34_10": wrn,
+        "vit_b": vit,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "resnet18", "resnet50", "wrn34_10", "vit_b"])
+def test_matches_pytorch_reference(name):
+    """Same weights, same logits as the PyTorch architectures (torchvision ResNet-18/50 with the
+    CIFAR stem, VGG16-BN with a 512-input classifier, torchvision's VisionTransformer; AlexNet
+    and the pre-activation WRN written out in torch).  Checks the layer numbering too: the
+    weights are placed by our ``Lnn_`` names.  Eval mode, float32, on CPU."""
+    torch, cases = _torch_parity_cases()
+    model, tmodel, v = cases[name]()
+    # every flax variable was filled, with the right shapes
+    ref = _abstract_variables(model)
+    assert jax.tree_util.tree_structure(ref) == jax.tree_util.tree_structure(v)
+    for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(v)):
+        assert tuple(a.shape) == tuple(np.shape(b))
+    x = np.asarray(_x((4, 32, 32, 3), seed=7))
+    mean, std = np.asarray(model.mean, np.float32), np.asarray(model.std, np.float32)
+    with torch.no_grad():
+        want = tmodel(torch.from_numpy(((x - mean) / std).transpose(0, 3, 1, 2).copy())).numpy()
+    with jax.default_matmul_precision("highest"):
+        got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(jax.tree_util.tree_map(jnp.asarray, v), x))
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * float(np.max(np.abs(want))))

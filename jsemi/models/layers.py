@@ -16,6 +16,9 @@ from jsemi.models.base import layer_name, max_pool_2x2
 
 # torchvision / TRADES initialisation of conv kernels: kaiming normal, fan_out, gain sqrt(2).
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's default nn.Linear weight init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (variance 1 / (3 fan_in)),
+# so the CNN classifiers start at the logit scale of the reference models.
+torch_linear = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def conv(
@@ -48,7 +51,12 @@ def conv(
 
 
 def dense(j: int, features: int, *, dtype: Any = jnp.float32, **kw) -> nn.Dense:
-    """Dense layer of weight layer ``j`` (float32 parameters, ``dtype`` compute)."""
+    """Dense layer of weight layer ``j`` (float32 parameters, ``dtype`` compute).
+
+    Kernel initialised like PyTorch's nn.Linear, bias zero, unless ``kernel_init`` /
+    ``bias_init`` are given.
+    """
+    kw.setdefault("kernel_init", torch_linear)
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=layer_name(j, "dense"), **kw)
 
 
