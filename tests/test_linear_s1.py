@@ -69,7 +69,7 @@ def test_algorithm_s1_sweep_on_cnn_with_attacks():
     x = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (40, 8, 8, 1)))
     y = (np.arange(40) % 3).astype(np.int32)
     rows = algorithm_s1_sweep(model, variables, x, y, jax.random.PRNGKey(2), split_points=[5, 2],
-                              attacks=[None, fgsm, pgd], threat=LinfBall(0.1),
+                              attacks=[None, fgsm, "pgd"], threat=LinfBall(0.1),
                               attack_settings={"pgd": {"steps": 3}}, lambda_batch_size=16, random_trials=3)
     assert [(r["attack"], r["a"]) for r in rows] == [(n, a) for n in ("none", "fgsm", "pgd") for a in (2, 5)]
     dims = {r["a"]: r["feature_dim"] for r in rows}
@@ -87,3 +87,15 @@ def test_algorithm_s1_sweep_on_cnn_with_attacks():
         algorithm_s1(model, variables, 2, x, y, jax.random.PRNGKey(0), attack=pgd)
     with pytest.raises(ValueError, match="split points"):
         algorithm_s1(model, variables, 7, x, y, jax.random.PRNGKey(0))
+
+
+@pytest.mark.slow
+def test_algorithm_s1_with_autoattack_from_the_registry():
+    model = get_model("small_cnn", num_classes=3, widths=(4, 4, 4, 4, 4), hidden=8)
+    variables = init_model(model, jax.random.PRNGKey(0), (8, 8, 1))
+    x = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (24, 8, 8, 1)))
+    y = (np.arange(24) % 3).astype(np.int32)
+    clean, aa = algorithm_s1_sweep(model, variables, x, y, jax.random.PRNGKey(2), split_points=[4],
+                                   attacks=["none", "autoattack"], threat=LinfBall(0.1), lambda_batch_size=8,
+                                   random_trials=2)
+    assert aa["attack"] == "autoattack" and aa["acc_star"] <= clean["acc_star"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jsemi.estimators.semirobust import collect_layer_outputs, map_batches, network_info, bind_attack
@@ -29,10 +30,13 @@ from jsemi.validation import check_images, check_labels
 
 def adversarial_examples(model, variables, x, y, key, *, threat, attack: str | Callable = "pgd",
                          attack_settings: Mapping[str, Any] | None = None, batch_size: int = 256) -> np.ndarray:
-    """x_adv from ``attack`` against the full network (eval mode), batched and compiled once.
+    """x_adv from ``attack`` against the full network (eval mode), in padded batches.
 
-    ``attack_settings`` are passed to the attack as given (the attack's own defaults apply
-    otherwise).  Returns a host float32 array shaped like ``x``.
+    The attack is called with concrete batches and one ``logits_fn`` object, so it compiles
+    once and can use its host-side machinery (AutoAttack's compaction of still-robust
+    points, PGD's compiled step chunks).  ``attack_settings`` are passed to the attack as
+    given (the attack's own defaults apply otherwise).  Returns a host float32 array
+    shaped like ``x``.
     """
     x = np.asarray(x)
     y = np.asarray(y)
@@ -40,11 +44,7 @@ def adversarial_examples(model, variables, x, y, key, *, threat, attack: str | C
     check_labels(y, None, "y", batch=x.shape[0])
     bound = bind_attack(attack, threat, attack_settings, defaults=False)[0]
     lf = _logits_fn(model, variables)
-
-    @jax.jit
-    def run(xb, yb, kb):
-        return bound(lf, xb, yb, kb)
-
+    run = lambda xb, yb, kb: bound(lf, jnp.asarray(xb), jnp.asarray(yb), kb)
     return map_batches(run, [x, y], batch_size, key)[0].astype(np.float32, copy=False)
 
 
@@ -107,6 +107,6 @@ def layer_sensitivities(model, variables, x, x_adv, layers: Iterable[int] | None
     if bad:
         raise ValueError(f"layer indices {bad} out of range 1..{n}")
     # unflattened: conv maps (N, H, W, C) are compared per channel, dense outputs per unit
-    clean = collect_layer_outputs(model, variables, x, js, batch_size=batch_size, flatten=False)
-    adv = collect_layer_outputs(model, variables, x_adv, js, batch_size=batch_size, flatten=False)
-    return [{"layer": j, "sensitivity": float(sensitivity(clean[j], adv[j]))} for j in js]
+    acts = collect_layer_outputs(model, variables, np.concatenate([x, x_adv]), js, batch_size=batch_size, flatten=False)
+    m = x.shape[0]
+    return [{"layer": j, "sensitivity": float(sensitivity(acts[j][:m], acts[j][m:]))} for j in js]

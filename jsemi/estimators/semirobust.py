@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jsemi.attacks.losses import margin
 from jsemi.estimators.bounds import jsonable
 from jsemi.models import layer_outputs
 from jsemi.validation import check_images, check_labels, check_positive_int
@@ -178,22 +179,10 @@ def bind_attack(attack: str | Callable, threat, settings: Mapping[str, Any] | No
         def bound(logits_fn, x, y, key):
             return fn(logits_fn, x, y, key, threat, **merged)
     else:
-        try:
-            from jsemi.attacks.registry import get_attack
-        except ImportError:  # TEMPORARY until the registry lands
-            import jsemi.attacks as _atk
+        from jsemi.attacks.registry import get_attack
 
-            fn = getattr(_atk, attack)
-            bound = lambda logits_fn, x, y, key: fn(logits_fn, x, y, key, threat, **merged)
-        else:
-            bound = get_attack(attack, threat, **merged)
+        bound = get_attack(attack, threat, **merged)
     return bound, name, merged
-
-
-def _margin(logits, y):
-    from jsemi.attacks.losses import margin
-
-    return margin(logits, y)
 
 
 def make_margin_evaluator(score_fn: Callable, attack: Callable, targets: int = 0) -> Callable:
@@ -210,10 +199,10 @@ def make_margin_evaluator(score_fn: Callable, attack: Callable, targets: int = 0
     def run(params, x, y, key):
         f = lambda xx: score_fn(params, xx)
         z0 = f(x)
-        m0 = _margin(z0, y)
+        m0 = margin(z0, y)
         k0, kt = jax.random.split(key)
         xa = jax.lax.stop_gradient(attack(f, x, y, k0))
-        worst = jnp.minimum(m0, _margin(f(xa), y))
+        worst = jnp.minimum(m0, margin(f(xa), y))
         if targets:
             order = jnp.argsort(-(z0 - 1e30 * jax.nn.one_hot(y, z0.shape[-1])), axis=-1)  # runner-ups first
             zeros = jnp.zeros_like(y)
@@ -225,7 +214,7 @@ def make_margin_evaluator(score_fn: Callable, attack: Callable, targets: int = 0
                     return jnp.stack([jnp.take_along_axis(z, y[:, None], 1)[:, 0], jnp.take_along_axis(z, t[:, None], 1)[:, 0]], -1)
 
                 xt = jax.lax.stop_gradient(attack(pair, x, zeros, jax.random.fold_in(kt, i)))
-                worst = jnp.minimum(worst, _margin(f(xt), y))
+                worst = jnp.minimum(worst, margin(f(xt), y))
         return m0, worst
 
     return run
@@ -282,11 +271,12 @@ def collect_layer_outputs(model, variables, x, layers: Iterable[int], *, batch_s
 
 
 def _layer_score_fn(model, j: int, identity: bool) -> Callable:
+    """Scores of G_j o F(j): the network's logits for the last layer, else the probe on layer j."""
+
     def score(params, xx):
         v, w, b = params
-        _, outs = layer_outputs(model, v, xx)
-        out = outs[j - 1]
-        return out.astype(jnp.float32) if identity else apply_probe(w, b, out)
+        logits, outs = layer_outputs(model, v, xx)
+        return logits.astype(jnp.float32) if identity else apply_probe(w, b, outs[j - 1])
 
     return score
 
