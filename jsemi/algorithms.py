@@ -1,0 +1,789 @@
+"""Algorithm 1 of the paper (semirobust transfer, PAPER_NOTES section 4), resumable.
+
+Given a normally trained network (fa, fb) and an adversarially trained one (fa*, fb*) of
+the same architecture, and a split point a (or "# fb" = n - a):
+
+1. ``Acc``  = attacked test accuracy of (fa, fb); ``Acc*`` = the same for (fa*, fb*).
+   Both are computed once per run (key from ``config.seed``) and stored in
+   ``baseline.json``; every trial record repeats them.
+2. Per trial t (seed ``trial_seed(config.seed, t)``; trials differ in the order of the
+   training data and in the randomness of the training and evaluation attacks):
+
+   - glue (fa*, fb): fa* from the robust network, fb from the normal one, for every
+     collection (params AND BatchNorm statistics);
+   - ``Acc_sr`` = attacked test accuracy of the glued network before any training;
+   - fine-tune fb only, adversarially (``config.finetune``, a ``TrainConfig``; the
+     paper uses PGD-10 training).  fa* is frozen: ``create_train_state`` with
+     ``trainable_layers`` = fb, so fa*'s weights get no update and no weight decay and
+     its BatchNorm layers run on their running statistics without updating them.  After
+     every epoch the attacked test accuracy is measured; the trial stops as soon as
+     accuracy >= Acc* - k (``k`` in accuracy points, i.e. percent) or after
+     ``max_epochs`` epochs (the paper's E = 10).  The check runs before each epoch too,
+     so a glued network already within k of Acc* trains for 0 epochs;
+   - ``Acc~`` = the best attacked accuracy over the fine-tuning epochs (Acc_sr when 0
+     epochs were trained); ``Diff`` = Acc~ - Acc*; ``converged`` = the threshold was met;
+   - on ``measure_examples`` test images, with the network as it stands when the trial
+     stops: rho_j for every consecutive weight-layer pair (j-1, j), j = a+1..n (the sum
+     in Theorem 2; the first pair straddles the fa*/fb boundary), each with its
+     within-class permutation null, excess and p-value
+     (``jsemi.estimators.network.network_rhos``), on inputs attacked with the evaluation
+     attack (clean inputs when it is "none"); gamma_a and gamma_b = gamma_n
+     (``layer_gammas``, upper estimates) with the Theorem 2/3 report
+     (``bound_report``); and the sensitivity of every layer (Zhang et al. 2019);
+   - a check that every fa* variable is bit-identical to the robust network's.
+
+   The record is written to ``RUN/trials/trial_XXX.json`` atomically the moment the
+   trial finishes (``jsemi.runs``); a rerun skips finished trials.
+
+Accuracies are fractions in [0, 1] in the records; ``k`` is in percentage points, as in
+the paper.  Every record is a deterministic function of (networks, data, config, trial
+index) on a given machine, except the ``timing`` entry (wall-clock seconds).
+
+Vectorised trials (``config.vmap > 1``): that many trials are trained at once as fb
+replicas stacked along a leading axis, with ``jax.vmap`` over the jitted train step and
+the attacked evaluation, in one compiled program (the authors ran trials one after
+another).  Each replica keeps its own data order and keys, identical to the sequential
+trial's, and its own stopping epoch (its variables are snapshotted when it stops;
+replicas that stopped keep computing until the group ends, which wastes some work).
+Records of the two modes agree up to floating-point reassociation, not bit for bit, so
+the mode is part of the run configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jsemi import partition
+from jsemi.runs import RunDir, canonical_json, fingerprint
+from jsemi.train import (
+    TrainConfig,
+    batch_indices,
+    create_train_state,
+    frozen_leaves_equal,
+    make_train_step,
+    to_unit_float,
+    train_epoch,
+)
+
+ALGORITHM_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class Alg1Config:
+    """Settings of one Algorithm 1 row (one split point).
+
+    Split: exactly one of ``num_fb`` (the tables' "# fb" = n - a) and ``a``.
+    ``k``: stop when attacked accuracy >= Acc* - k/100 (k in percentage points).
+    ``max_epochs``: E.  ``trials``: number of trials (not part of the run's identity, so
+    a run can be extended).  ``finetune``: the adversarial fine-tuning ``TrainConfig``
+    (its ``epochs`` is replaced by ``max_epochs`` for the learning-rate schedule).
+    Evaluation attack: ``eval_attack`` ("none", "fgsm", "pgd", "autoattack", ... any
+    name of the attack registry) with ``eval_attack_settings`` under the threat
+    ``norm``/``eps`` (pixel units).  Measurements after each trial on
+    ``measure_examples`` class-stratified test images: rho with every estimator in
+    ``rho_estimators`` (the first is the one the tables use), settings per estimator in
+    ``rho_settings``; gamma with ``gamma_attack``/``gamma_attack_settings``, the layer-a
+    probe fitted on ``probe_examples`` training images.  ``vmap``: number of trials
+    trained at once (1 = sequential).  ``net`` and ``dataset`` label the tables.
+    """
+
+    num_fb: int | None = None
+    a: int | None = None
+    k: float = 0.0
+    max_epochs: int = 10
+    trials: int = 10
+    seed: int = 0
+    finetune: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(mode="pgd"))
+    norm: str = "linf"
+    eps: float = 8 / 255
+    eval_attack: str = "pgd"
+    eval_attack_settings: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"steps": 10, "step_size": 1 / 255, "random_start": True})
+    eval_batch_size: int = 500
+    measure: bool = True
+    measure_examples: int = 1000
+    probe_examples: int = 1000
+    rho_estimators: tuple[str, ...] = ("ksg", "edge")
+    rho_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    gamma_attack: str = "pgd"
+    gamma_attack_settings: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"steps": 20, "restarts": 5, "loss": "margin"})
+    vmap: int = 1
+    net: str = ""
+    dataset: str = ""
+
+    def __post_init__(self):
+        if (self.num_fb is None) == (self.a is None):
+            raise ValueError("give exactly one of num_fb ('# fb' = n - a) and a (the split point)")
+        for name in ("num_fb", "a"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not (isinstance(self.k, (int, float)) and math.isfinite(self.k) and self.k >= 0):
+            raise ValueError(f"k (accuracy points) must be a finite number >= 0, got {self.k!r}")
+        for name in ("max_epochs", "trials", "measure_examples", "probe_examples", "vmap", "eval_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if not isinstance(self.finetune, TrainConfig):
+            raise TypeError("finetune must be a jsemi.train.TrainConfig")
+        if self.finetune.mode == "standard":
+            raise ValueError("Algorithm 1 fine-tunes fb adversarially: finetune.mode must not be 'standard'")
+        if self.vmap > 1 and self.finetune.mode in ("atta", "atta_trades"):
+            raise ValueError("vmapped trials support fine-tuning modes without per-example state "
+                             "(pgd, trades); ATTA carries perturbations across epochs: use vmap=1")
+        if isinstance(self.rho_estimators, str) or not self.rho_estimators:
+            raise ValueError("rho_estimators must be a non-empty tuple of estimator names")
+        object.__setattr__(self, "rho_estimators", tuple(self.rho_estimators))
+        object.__setattr__(self, "eval_attack_settings", dict(self.eval_attack_settings))
+        object.__setattr__(self, "gamma_attack_settings", dict(self.gamma_attack_settings))
+        object.__setattr__(self, "rho_settings", {k: dict(v) for k, v in dict(self.rho_settings).items()})
+
+    # -- split point
+    def split_point(self, n: int) -> int:
+        """The split point a for a network with n weight layers (validated)."""
+        a = self.a if self.a is not None else n - self.num_fb
+        if not 1 <= a <= n - 1:
+            what = f"# fb = {self.num_fb}" if self.num_fb is not None else f"a = {self.a}"
+            raise ValueError(f"{what} is impossible for a network with {n} weight layers (need 1 <= # fb <= {n - 1})")
+        return a
+
+    # -- JSON
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["finetune"] = self.finetune.to_dict()
+        d["rho_estimators"] = list(self.rho_estimators)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Alg1Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown Algorithm 1 settings {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        if "finetune" in d and isinstance(d["finetune"], Mapping):
+            d["finetune"] = TrainConfig.from_dict(d["finetune"])
+        if "rho_estimators" in d:
+            d["rho_estimators"] = tuple(d["rho_estimators"])
+        return cls(**d)
+
+    def identity(self) -> dict:
+        """The settings that define the run directory (everything but ``trials``)."""
+        d = self.to_dict()
+        d.pop("trials")
+        d["finetune"]["epochs"] = self.max_epochs
+        return d
+
+
+def trial_seed(seed: int, trial: int) -> int:
+    """The seed of trial ``trial`` of a run seeded ``seed`` (a 31-bit int, independent per trial)."""
+    return int(np.random.SeedSequence([int(seed), int(trial), 0xA161]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def check_same_architecture(normal: Mapping, robust: Mapping) -> None:
+    """Raises ValueError unless both variable trees have the same paths, shapes and dtypes."""
+    def sig(tree):
+        return {jax.tree_util.keystr(p): (tuple(np.shape(v)), str(np.asarray(v).dtype))
+                for p, v in jax.tree_util.tree_flatten_with_path(partition._as_dict(tree))[0]}
+
+    a, b = sig(normal), sig(robust)
+    if a != b:
+        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        diff = [k for k in set(a) & set(b) if a[k] != b[k]]
+        raise ValueError(
+            "the normal and the robust network must have the same architecture; "
+            f"only in normal: {only_a[:3]}, only in robust: {only_b[:3]}, different shapes: {sorted(diff)[:3]}"
+        )
+
+
+def glue(robust: Mapping, normal: Mapping, a: int) -> dict:
+    """(fa*, fb): layers 1..a (params and batch_stats) from ``robust``, layers a+1..n from ``normal``."""
+    fa_star, _ = partition.split(robust, a)
+    _, fb = partition.split(normal, a)
+    return partition.merge(fa_star, fb)
+
+
+def _copy_tree(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda v: np.array(v, copy=True), partition._as_dict(tree))
+
+
+# ----------------------------------------------------------------------------- attacked accuracy
+
+
+def make_threat(norm: str, eps: float):
+    """``LinfBall(eps)`` or ``L2Ball(eps)``."""
+    from jsemi.attacks import L2Ball, LinfBall
+
+    return LinfBall(float(eps)) if norm == "linf" else L2Ball(float(eps))
+
+
+def bind_eval_attack(name: str, threat, settings: Mapping[str, Any]) -> Callable | None:
+    """The bound attack ``(logits_fn, x, y, key) -> x_adv`` for ``name`` (None for "none")."""
+    if name in (None, "none", "clean"):
+        return None
+    from jsemi.estimators.semirobust import bind_attack
+
+    return bind_attack(name, threat, dict(settings), defaults=False)[0]
+
+
+class AttackedAccuracy:
+    """Compiled accuracy on attacked inputs with the variables as an argument.
+
+    Compiles once per (model, attack, batch shape) and is reused for every epoch and
+    trial (``jsemi.train.evaluate`` closes over the variables, so it would recompile for
+    each new set of weights).  ``attack=None`` gives clean accuracy.  Accuracy counts
+    argmax(f(x_adv)) == y.  Batch b uses ``fold_in(key, b)``; the last batch is padded.
+    """
+
+    def __init__(self, model, attack: Callable | None, batch_size: int = 500):
+        self.model, self.attack, self.batch_size = model, attack, int(batch_size)
+
+        def correct(variables, x, y, key):
+            x = to_unit_float(x)
+            lf = lambda z: model.apply(variables, z, train=False)  # noqa: E731
+            if attack is not None:
+                x = jax.lax.stop_gradient(attack(lf, x, y, key))
+            return jnp.argmax(lf(x), -1) == y
+
+        def adversarial(variables, x, y, key):
+            x = to_unit_float(x)
+            if attack is None:
+                return x
+            return attack(lambda z: model.apply(variables, z, train=False), x, y, key)
+
+        self._one = jax.jit(correct)
+        self._many = jax.jit(jax.vmap(correct, in_axes=(0, None, None, 0)))
+        self._adv = jax.jit(adversarial)
+
+    def _batches(self, images: np.ndarray, labels: np.ndarray):
+        n = images.shape[0]
+        bs = min(self.batch_size, n)
+        for b, s in enumerate(range(0, n, bs)):
+            xb, yb = images[s:s + bs], labels[s:s + bs]
+            m = xb.shape[0]
+            if m < bs:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], bs - m, 0)])
+                yb = np.concatenate([yb, np.repeat(yb[-1:], bs - m, 0)])
+            yield b, xb, yb, m
+
+    def __call__(self, variables, images: np.ndarray, labels: np.ndarray, key: jax.Array) -> float:
+        hits = 0
+        for b, xb, yb, m in self._batches(images, labels):
+            hits += int(np.sum(np.asarray(self._one(variables, xb, yb, jax.random.fold_in(key, b)))[:m]))
+        return hits / images.shape[0]
+
+    def adversarial(self, variables, images: np.ndarray, labels: np.ndarray, key: jax.Array) -> np.ndarray:
+        """The attacked inputs (float32 in [0, 1], host array) with the same batching and keys as ``__call__``."""
+        out = []
+        for b, xb, yb, m in self._batches(images, labels):
+            out.append(np.asarray(self._adv(variables, xb, yb, jax.random.fold_in(key, b)))[:m])
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def many(self, stacked_variables, images: np.ndarray, labels: np.ndarray, keys: jax.Array) -> np.ndarray:
+        """Accuracies (R,) of R stacked variable sets, replica r attacked with ``keys[r]``."""
+        hits = None
+        fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+        for b, xb, yb, m in self._batches(images, labels):
+            c = np.asarray(self._many(stacked_variables, xb, yb, fold(keys, b)))[:, :m].sum(1)
+            hits = c if hits is None else hits + c
+        return hits / images.shape[0]
+
+
+_EVALUATORS: dict = {}
+
+
+def _evaluator(model, config: "Alg1Config", attack: Callable | None) -> AttackedAccuracy:
+    """One compiled evaluator per (model, attack settings, batch size), shared across runs."""
+    key = (config.eval_attack, canonical_json(config.eval_attack_settings), config.norm, float(config.eps),
+           config.eval_batch_size)
+    try:
+        key = (model,) + key
+        hash(key)
+    except TypeError:
+        return AttackedAccuracy(model, attack, config.eval_batch_size)
+    if key not in _EVALUATORS:
+        if len(_EVALUATORS) > 16:
+            _EVALUATORS.clear()
+        _EVALUATORS[key] = AttackedAccuracy(model, attack, config.eval_batch_size)
+    return _EVALUATORS[key]
+
+
+# ----------------------------------------------------------------------------- data helpers
+
+
+def _arrays(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(data, "images") and hasattr(data, "labels"):
+        x, y = data.images, data.labels
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+    else:
+        raise TypeError(f"{name} must be a jsemi.data.Dataset or an (images, labels) pair")
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 4:
+        raise ValueError(f"{name} images must be NHWC (rank 4), got shape {x.shape}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} labels must be a rank-1 int array with one label per image, got {y.dtype} {y.shape}")
+    if x.dtype != np.uint8:
+        from jsemi.validation import check_images
+
+        check_images(x, f"{name} images")
+    return x, y.astype(np.int32)
+
+
+def _float_images(x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.float32) / 255.0) if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def _stratified(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    n = min(int(n), labels.shape[0])
+    try:
+        from jsemi.data import stratified_indices
+    except ImportError:  # pragma: no cover
+        return np.arange(n)
+    return np.sort(stratified_indices(labels, n, seed=seed))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Alg1Result:
+    """Outcome of ``algorithm1``: the configuration, baseline (Acc, Acc*) and trial records."""
+
+    config: Alg1Config
+    baseline: dict
+    trials: list[dict]
+    run_dir: Path | None
+    ran: list[int]  # trial indices computed by this call (the others were loaded)
+    initial: dict | None = None  # rho of the glued network before fine-tuning
+
+
+class _Context:
+    """Everything a trial needs, prepared once per run."""
+
+    def __init__(self, model, normal, robust, train, test, config: Alg1Config):
+        self.model, self.config = model, config
+        self.normal, self.robust = partition._as_dict(normal), partition._as_dict(robust)
+        check_same_architecture(self.normal, self.robust)
+        self.n = max(partition.layer_indices(self.normal["params"]))
+        self.a = config.split_point(self.n)
+        self.fa = tuple(range(1, self.a + 1))
+        self.fb = tuple(range(self.a + 1, self.n + 1))
+        self.train_x, self.train_y = _arrays(train, "train")
+        self.test_x, self.test_y = _arrays(test, "test")
+        self.tcfg = dataclasses.replace(config.finetune, epochs=config.max_epochs)
+        self.steps_per_epoch = self.train_x.shape[0] // self.tcfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"finetune batch_size {self.tcfg.batch_size} exceeds the {self.train_x.shape[0]} training images")
+        self.threat = make_threat(config.norm, config.eps)
+        self.eval_attack = bind_eval_attack(config.eval_attack, self.threat, config.eval_attack_settings)
+        self.evaluator = _evaluator(model, config, self.eval_attack)
+        self.glued = glue(self.robust, self.normal, self.a)
+        self._step_fn = None
+        self._vstep = None
+        self._state0 = None
+
+    @property
+    def initial_state(self):
+        """The train state of the glued network (fb trainable), built once: every trial starts
+        from it, and reusing its optimizer object keeps the compiled step in jit's cache."""
+        if self._state0 is None:
+            self._state0 = create_train_state(self.glued, self.tcfg, self.steps_per_epoch, trainable_layers=self.fb)
+        return self._state0
+
+    @property
+    def step_fn(self):
+        if self._step_fn is None:
+            self._step_fn = make_train_step(self.model, self.tcfg)
+        return self._step_fn
+
+    @property
+    def vstep(self):
+        if self._vstep is None:
+            self._vstep = jax.jit(jax.vmap(self.step_fn))
+        return self._vstep
+
+    def threshold(self, acc_star: float) -> float:
+        return acc_star - self.config.k / 100.0
+
+    def run_identity(self) -> dict:
+        return {
+            "algorithm": "algorithm1",
+            "version": ALGORITHM_VERSION,
+            "model": type(self.model).__name__,
+            "n": self.n,
+            "a": self.a,
+            "normal": fingerprint(self.normal),
+            "robust": fingerprint(self.robust),
+            "train_data": fingerprint((self.train_x, self.train_y)),
+            "test_data": fingerprint((self.test_x, self.test_y)),
+            "config": self.config.identity(),
+        }
+
+
+def _reached(acc: float, threshold: float) -> bool:
+    return acc >= threshold - 1e-12
+
+
+def _baseline(ctx: _Context) -> dict:
+    key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), 0xBA5E)
+    t0 = time.perf_counter()
+    acc = ctx.evaluator(ctx.normal, ctx.test_x, ctx.test_y, key)
+    acc_star = ctx.evaluator(ctx.robust, ctx.test_x, ctx.test_y, key)
+    clean = AttackedAccuracy(ctx.model, None, ctx.config.eval_batch_size)
+    return {
+        "acc": acc,
+        "acc_star": acc_star,
+        "clean_acc_normal": clean(ctx.normal, ctx.test_x, ctx.test_y, key),
+        "clean_acc_robust": clean(ctx.robust, ctx.test_x, ctx.test_y, key),
+        "threshold": ctx.threshold(acc_star),
+        "n_test": int(ctx.test_x.shape[0]),
+        "eval_attack": ctx.config.eval_attack,
+        "eval_attack_settings": dict(ctx.config.eval_attack_settings),
+        "threat": {"norm": ctx.config.norm, "eps": float(ctx.config.eps)},
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _measure_inputs(ctx: _Context, variables: Mapping, key: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, x_adv, y) on ``measure_examples`` class-stratified test images (x_adv = x for attack "none").
+
+    x_adv: the evaluation attack against the network ``variables`` (compiled once per run).
+    """
+    cfg = ctx.config
+    idx = _stratified(ctx.test_y, cfg.measure_examples, cfg.seed)
+    x = _float_images(ctx.test_x[idx])
+    y = ctx.test_y[idx]
+    if ctx.eval_attack is None:
+        return x, x, y
+    return x, ctx.evaluator.adversarial(variables, x, y, key), y
+
+
+def _rhos(ctx: _Context, variables: Mapping, x_adv: np.ndarray, y: np.ndarray, key: jax.Array) -> dict:
+    from jsemi.estimators.network import network_rhos
+
+    cfg = ctx.config
+    return {est: [_strip(r) for r in network_rhos(ctx.model, variables, x_adv, y, key, layers=ctx.fb, estimator=est,
+                                                  **dict(cfg.rho_settings.get(est, {})))]
+            for est in cfg.rho_estimators}
+
+
+def initial_measure(ctx: _Context) -> dict:
+    """rho of the glued (fa*, fb) network before any fine-tuning (once per run; the network is
+    the same for every trial), for "fine-tuning raises rho" (PAPER_NOTES section 7)."""
+    t0 = time.perf_counter()
+    key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), 0x1417)
+    k_adv, k_rho = jax.random.split(key)
+    _, x_adv, y = _measure_inputs(ctx, ctx.glued, k_adv)
+    return {"rho": _rhos(ctx, ctx.glued, x_adv, y, k_rho), "rho_estimator": ctx.config.rho_estimators[0],
+            "measure_examples": int(y.shape[0]), "seconds": time.perf_counter() - t0}
+
+
+def measure(ctx: _Context, variables: Mapping, key: jax.Array) -> dict:
+    """rho (every estimator) for pairs j = a+1..n, gamma_a and gamma_n, bound report, sensitivities."""
+    from jsemi.estimators.bounds import bound_report
+    from jsemi.estimators.network import layer_sensitivities
+    from jsemi.estimators.semirobust import layer_gammas
+
+    cfg = ctx.config
+    pidx = _stratified(ctx.train_y, cfg.probe_examples, cfg.seed + 1)
+    px, py = _float_images(ctx.train_x[pidx]), ctx.train_y[pidx]
+    k_adv, k_rho, k_gamma = jax.random.split(key, 3)
+    x, x_adv, y = _measure_inputs(ctx, variables, k_adv)
+    rhos = _rhos(ctx, variables, x_adv, y, k_rho)
+    gammas = layer_gammas(ctx.model, variables, x, y, k_gamma, threat=ctx.threat, layers=[ctx.a, ctx.n],
+                          attack=cfg.gamma_attack, attack_settings=cfg.gamma_attack_settings,
+                          probe_x=px, probe_y=py, batch_size=min(cfg.eval_batch_size, 256))
+    sens = layer_sensitivities(ctx.model, variables, x, x_adv, batch_size=min(cfg.eval_batch_size, 256))
+    primary = cfg.rho_estimators[0]
+    report = bound_report(gammas, rhos[primary], ctx.n, [ctx.a], sensitivities=sens,
+                          settings={"rho_estimator": primary, "rho_settings": cfg.rho_settings.get(primary, {}),
+                                    "gamma_attack": cfg.gamma_attack, "gamma_attack_settings": cfg.gamma_attack_settings,
+                                    "measure_examples": int(x.shape[0]), "probe_examples": int(px.shape[0]),
+                                    "rho_inputs": "clean" if x_adv is x else f"{cfg.eval_attack} (eval attack)"})
+    g = {int(r["layer"]): r for r in gammas}
+    return {
+        "rho": rhos,
+        "rho_estimator": primary,
+        "gamma_a": _strip(g[ctx.a]),
+        "gamma_b": _strip(g[ctx.n]),
+        "bound": report.to_dict(),
+        "bound_markdown": report.to_markdown(),
+        "sensitivity": sens,
+        "measure_examples": int(x.shape[0]),
+    }
+
+
+def _strip(d: Mapping) -> dict:
+    """Drops per-example arrays from an estimator's result dict (keeps the records small)."""
+    return {k: v for k, v in d.items() if k not in ("clean_margins", "attacked_margins")}
+
+
+def _finish_record(ctx: _Context, t: int, seed: int, baseline: dict, acc_sr: float, history: list[dict],
+                   converged: bool, final_vars: Mapping, key: jax.Array, timing: dict, mode: str) -> dict:
+    acc_star = baseline["acc_star"]
+    accs = [h["adv_acc"] for h in history]
+    acc_tilde = max(accs) if accs else acc_sr
+    t_meas = time.perf_counter()
+    rec = {
+        "trial": t,
+        "seed": seed,
+        "mode": mode,
+        "net": ctx.config.net,
+        "dataset": ctx.config.dataset,
+        "n": ctx.n,
+        "a": ctx.a,
+        "num_fb": ctx.n - ctx.a,
+        "k": ctx.config.k,
+        "max_epochs": ctx.config.max_epochs,
+        "acc": baseline["acc"],
+        "acc_star": acc_star,
+        "threshold": ctx.threshold(acc_star),
+        "acc_sr": acc_sr,
+        "acc_tilde": acc_tilde,
+        "diff": acc_tilde - acc_star,
+        "converged": bool(converged),
+        "epochs": len(history),
+        "history": history,
+        "fa_star_bit_identical": bool(frozen_leaves_equal(ctx.robust, partition._as_dict(final_vars), ctx.fa)),
+    }
+    if ctx.config.measure:
+        rec.update(measure(ctx, final_vars, jax.random.fold_in(key, 0x3EA5)))
+    timing = dict(timing)
+    timing["measure_s"] = time.perf_counter() - t_meas
+    timing["wall_s"] = timing.get("train_eval_s", 0.0) + timing["measure_s"]
+    rec["timing"] = timing
+    return rec
+
+
+def run_trial(ctx: _Context, t: int, baseline: dict, *, progress: bool = False) -> dict:
+    """Trial ``t`` sequentially: glue, Acc_sr, fine-tune fb until Acc* - k or E epochs, measure."""
+    cfg = ctx.config
+    seed = trial_seed(cfg.seed, t)
+    key = jax.random.PRNGKey(seed)
+    k_eval = jax.random.fold_in(key, 0xE7A1)
+    thr = ctx.threshold(baseline["acc_star"])
+    t0 = time.perf_counter()
+    glued = ctx.glued
+    acc_sr = ctx.evaluator(glued, ctx.test_x, ctx.test_y, jax.random.fold_in(k_eval, 0))
+    state = ctx.initial_state
+    history, epoch_s = [], []
+    converged = _reached(acc_sr, thr)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_epochs, desc=f"trial {t} (# fb {ctx.n - ctx.a})", unit="epoch", leave=False)
+        bar.set_postfix(acc=f"{acc_sr:.3f}", target=f"{thr:.3f}")
+    epoch = 0
+    while not converged and epoch < cfg.max_epochs:
+        te = time.perf_counter()
+        state, m = train_epoch(state, ctx.step_fn, ctx.train_x, ctx.train_y, jax.random.fold_in(key, 1000 + epoch),
+                               batch_size=ctx.tcfg.batch_size, seed=seed, epoch=epoch, progress=False)
+        acc = ctx.evaluator(state.variables, ctx.test_x, ctx.test_y, jax.random.fold_in(k_eval, epoch + 1))
+        epoch += 1
+        history.append({"epoch": epoch, "adv_acc": acc, "train_loss": m["loss"], "train_acc": m["acc"]})
+        epoch_s.append(time.perf_counter() - te)
+        converged = _reached(acc, thr)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(acc=f"{acc:.3f}", target=f"{thr:.3f}")
+    if bar is not None:
+        bar.close()
+    timing = {"train_eval_s": time.perf_counter() - t0, "epoch_s": epoch_s}
+    return _finish_record(ctx, t, seed, baseline, acc_sr, history, converged, state.variables, key, timing, "sequential")
+
+
+def _stack(tree: Any, r: int) -> Any:
+    return jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (r,) + jnp.shape(v)), tree)
+
+
+def _unstack(tree: Any, i: int) -> Any:
+    return jax.tree_util.tree_map(lambda v: np.asarray(v[i]), tree)
+
+
+def run_trials_vmapped(ctx: _Context, trials: Sequence[int], baseline: dict, *, progress: bool = False,
+                       on_record: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Trials ``trials`` trained at once (fb replicas stacked, ``jax.vmap`` over the train step)."""
+    cfg = ctx.config
+    R = len(trials)
+    seeds = [trial_seed(cfg.seed, t) for t in trials]
+    keys = [jax.random.PRNGKey(s) for s in seeds]
+    k_evals = jnp.stack([jax.random.fold_in(k, 0xE7A1) for k in keys])
+    thr = ctx.threshold(baseline["acc_star"])
+    t0 = time.perf_counter()
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    glued_stack = _stack(ctx.glued, R)
+    acc_sr = ctx.evaluator.many(glued_stack, ctx.test_x, ctx.test_y, fold(k_evals, 0))
+    state = _stack(ctx.initial_state, R)
+    histories: list[list[dict]] = [[] for _ in range(R)]
+    epoch_s: list[list[float]] = [[] for _ in range(R)]
+    done = [_reached(float(acc_sr[r]), thr) for r in range(R)]
+    final: list[Any] = [ctx.glued if done[r] else None for r in range(R)]
+    converged = list(done)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_epochs, desc=f"trials {trials[0]}..{trials[-1]} vmapped (# fb {ctx.n - ctx.a})",
+                   unit="epoch", leave=False)
+    epoch = 0
+    B = ctx.tcfg.batch_size
+    N = ctx.train_x.shape[0]
+    while not all(done) and epoch < cfg.max_epochs:
+        te = time.perf_counter()
+        order = [batch_indices(N, B, s, epoch) for s in seeds]
+        ekeys = jnp.stack([jax.random.fold_in(k, 1000 + epoch) for k in keys])
+        losses, accs_tr = [], []
+        for i in range(len(order[0])):
+            ix = np.stack([order[r][i] for r in range(R)])
+            state, m = ctx.vstep(state, ctx.train_x[ix], ctx.train_y[ix], fold(ekeys, i))
+            losses.append(m["loss"])
+            accs_tr.append(m["acc"])
+        losses = np.mean(np.asarray(jax.device_get(losses)), 0)
+        accs_tr = np.mean(np.asarray(jax.device_get(accs_tr)), 0)
+        stacked_vars = {"params": state.params}
+        if state.batch_stats:
+            stacked_vars["batch_stats"] = state.batch_stats
+        accs = ctx.evaluator.many(stacked_vars, ctx.test_x, ctx.test_y, fold(k_evals, epoch + 1))
+        epoch += 1
+        dt = time.perf_counter() - te
+        for r in range(R):
+            if done[r]:
+                continue
+            acc = float(accs[r])
+            histories[r].append({"epoch": epoch, "adv_acc": acc, "train_loss": float(losses[r]),
+                                 "train_acc": float(accs_tr[r])})
+            epoch_s[r].append(dt)
+            if _reached(acc, thr) or epoch == cfg.max_epochs:
+                converged[r] = _reached(acc, thr)
+                done[r] = True
+                final[r] = _unstack(stacked_vars, r)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(active=R - sum(done), best=f"{float(np.max(accs)):.3f}", target=f"{thr:.3f}")
+    if bar is not None:
+        bar.close()
+    for r in range(R):
+        if final[r] is None:  # cannot happen (loop ends at max_epochs), kept for safety
+            final[r] = _unstack({"params": state.params, "batch_stats": state.batch_stats}, r)
+    train_s = time.perf_counter() - t0
+    records = []
+    for r, t in enumerate(trials):
+        timing = {"train_eval_s": train_s / R, "epoch_s": epoch_s[r], "group_train_eval_s": train_s, "group_size": R}
+        rec = _finish_record(ctx, t, seeds[r], baseline, float(acc_sr[r]), histories[r], converged[r], final[r],
+                             keys[r], timing, "vmap")
+        if on_record is not None:
+            on_record(t, rec)
+        records.append(rec)
+    return records
+
+
+def algorithm1(
+    model,
+    normal_variables: Mapping,
+    robust_variables: Mapping,
+    train: Any,
+    test: Any,
+    config: Alg1Config,
+    run_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    after_trial: Callable[[int, dict], None] | None = None,
+) -> Alg1Result:
+    """Runs Algorithm 1 for one split point; resumable when ``run_dir`` is given.
+
+    ``train`` / ``test``: ``jsemi.data.Dataset`` or (images, labels) with uint8 or [0, 1]
+    float NHWC images.  ``train`` is the fine-tuning data, ``test`` the data on which
+    every attacked accuracy (Acc, Acc*, Acc_sr, per epoch) is measured.  With
+    ``run_dir``, finished trials are loaded instead of recomputed, each new trial's
+    record is written atomically the moment it finishes, and a directory created with
+    another configuration (or other networks / data) raises
+    ``jsemi.runs.ConfigMismatchError``.  ``after_trial(t, record)`` is called after each
+    record is saved.  Returns an ``Alg1Result`` with every trial in index order.
+    """
+    say = log or (lambda s: None)
+    ctx = _Context(model, normal_variables, robust_variables, train, test, config)
+    rd = RunDir.open(run_dir, ctx.run_identity(), kind="algorithm1") if run_dir is not None else None
+    if rd is not None:
+        rd.save("settings", {"config": config.to_dict(), "n": ctx.n, "a": ctx.a, "fa": ctx.fa, "fb": ctx.fb,
+                             "n_train": int(ctx.train_x.shape[0]), "n_test": int(ctx.test_x.shape[0])})
+        baseline = rd.cached("baseline", lambda: _baseline(ctx))
+        initial = rd.cached("initial", lambda: initial_measure(ctx)) if config.measure else None
+        pending = rd.pending(config.trials)
+        have = {i: rd.load_trial(i) for i in range(config.trials) if i not in pending}
+    else:
+        import json
+
+        baseline = json.loads(canonical_json(_baseline(ctx)))
+        initial = json.loads(canonical_json(initial_measure(ctx))) if config.measure else None
+        pending = list(range(config.trials))
+        have = {}
+    say(f"Algorithm 1: n={ctx.n}, a={ctx.a} (# fb {ctx.n - ctx.a}), Acc={baseline['acc']:.4f}, "
+        f"Acc*={baseline['acc_star']:.4f}, target >= {baseline['threshold']:.4f}; "
+        f"{len(have)} trial(s) done, {len(pending)} to run")
+
+    ran: list[int] = []
+
+    def save(t: int, rec: dict) -> None:
+        import json
+
+        rec = json.loads(canonical_json(rec))
+        if rd is not None:
+            rd.save_trial(t, rec)
+            rec = rd.load_trial(t)
+        have[t] = rec
+        ran.append(t)
+        say(f"  trial {t}: Acc_sr={rec['acc_sr']:.4f} Acc~={rec['acc_tilde']:.4f} epochs={rec['epochs']} "
+            f"converged={rec['converged']} ({rec['timing']['wall_s']:.1f} s)")
+        if after_trial is not None:
+            after_trial(t, rec)
+
+    bar = None
+    if progress and pending:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.trials, initial=config.trials - len(pending), unit="trial",
+                   desc=f"Algorithm 1, # fb {ctx.n - ctx.a}")
+    try:
+        if config.vmap > 1:
+            for s in range(0, len(pending), config.vmap):
+                group = pending[s:s + config.vmap]
+
+                def on_record(t, rec):
+                    save(t, rec)
+                    if bar is not None:
+                        bar.update(1)
+
+                run_trials_vmapped(ctx, group, baseline, progress=progress, on_record=on_record)
+        else:
+            for t in pending:
+                save(t, run_trial(ctx, t, baseline, progress=progress))
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    trials = [have[i] for i in sorted(have)]
+    return Alg1Result(config=config, baseline=baseline, trials=trials,
+                      run_dir=None if rd is None else rd.path, ran=ran, initial=initial)
