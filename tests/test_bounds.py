@@ -69,7 +69,8 @@ def test_bound_report_renders_json_and_markdown_with_units():
     assert "logit" in d["units"]["gamma"] and "Theorem 2" in d["units"]["theorem2"]
     assert d["sensitivities"][1]["sensitivity"] is None  # NaN -> null, the JSON stays strict
     md = rep.to_markdown()
-    for text in ("[logit]", "[bits]", "[logit + bits]", "as the paper states", "upper estimate", "Thm 3"):
+    for text in ("[logit*]", "[bits]", "[logit* + bits]", "as the paper states", "upper estimate", "Thm 3",
+                 "different scales"):
         assert text in md
     assert md.count("| 4 | 3 |") == 1 and "| (6, 7) |" in md
 
@@ -120,6 +121,7 @@ def test_bound_report_end_to_end_on_trained_cnn(trained_run, tmp_path, capsys):
     assert s4["theorem3"] == pytest.approx(4.0 * g[4]["attacked_margin"])
     assert all(e["null"] is not None and e["p_value"] is not None for e in s4["rhos"])
     assert [e["layer"] for e in d["sensitivities"]] == list(range(1, 8))
+    assert all(e["sensitivity_image"] >= 0 for e in d["sensitivities"])
     md = (out / "estimate.md").read_text()
     assert "| 4 | 3 |" in md and "[bits]" in md and "| (6, 7) |" in md
     assert main(["estimate", "--run", str(run), "--out", str(out), "--split", "7"]) == 2

@@ -166,6 +166,15 @@ def test_gamma_of_probe_on_linear_layer_matches_closed_form():
     assert r["probe"] == "ridge" and r["feature_dim"] == 5
     np.testing.assert_allclose(r["attacked_margins"], exact, atol=1e-3)
     assert r["clean_margin"] >= r["attacked_margin"]
+    # identity_last=False: the logits (layer 2) get a ridge probe too, same closed form
+    w2, b2 = _dense(variables, 2)
+    wq, bq = fit_probe((feats @ w2 + b2).astype(np.float32), y, 3, ridge=1e-3)
+    wq, bq = np.asarray(wq, np.float64), np.asarray(bq, np.float64)
+    exact2 = exact_linf_margin(w1 @ w2 @ wq, (b1 @ w2 + b2) @ wq + bq, x, y, eps)
+    r2 = layer_gamma(model, variables, 2, x, y, jax.random.PRNGKey(4), threat=LinfBall(eps), attack=pgd,
+                     attack_settings={"steps": 5, "restarts": 1}, targets=2, identity_last=False, per_example=True)
+    assert r2["probe"] == "ridge" and r2["units"].startswith("probe")
+    np.testing.assert_allclose(r2["attacked_margins"], exact2, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- all layers of a CNN

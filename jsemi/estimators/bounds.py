@@ -32,7 +32,7 @@ UNITS = {
     "p_value": "probability",
     "theorem2": "logit units + bits (gamma_a + sum rho_j, added as Theorem 2 states)",
     "theorem3": "logit units",
-    "sensitivity": "dimensionless (mean ||a - a_adv||_1 / ||a||_1)",
+    "sensitivity": "dimensionless (mean ||a - a_adv||_1 / ||a||_1; per channel / unit as the authors, or per image)",
     "accuracy": "fraction in [0, 1]",
 }
 
@@ -45,6 +45,10 @@ NOTES = (
     "combination of all earlier layers; for a nonlinear fb it is shown for comparison only.",
     "rho_j = sum_y pi(y) I(f(j-1)(X+delta); f(j)(X+delta) | y) on attacked data; 'null' is the same "
     "estimator with one layer permuted within each class, 'excess' = rho - null.",
+    "gamma scales with the map G: a probe's margin (layers j < n, one-hot regression scores, about 1 "
+    "when clean and confident) and the network's logit margin (layer n) are on different scales. "
+    "Fitting a probe on the last layer too (identity_last=False, `--probe-last-layer`) puts every gamma "
+    "in the same one-hot target units.",
 )
 
 
@@ -116,13 +120,14 @@ class BoundReport:
     def to_markdown(self) -> str:
         n = self.n
         lines = [f"# Semirobustness bounds (n = {n} weight layers)", ""]
-        lines += ["Units: gamma in logit units; rho, null and excess in bits. "
+        lines += ["Units: gamma in logit units (logit*: a probe's score units for layers j < n, see the notes); "
+                  "rho, null and excess in bits. "
                   "**Theorem 2 adds gamma_a (logits) and sum rho_j (bits) as the paper states it.** "
                   "gamma values are attacked margins, i.e. upper estimates of the true gamma.", ""]
         lines += ["## Theorems 2 and 3 per split point", ""]
-        lines += ["| a | # fb | gamma_a [logit] | sum rho_j [bits] | Thm 2: gamma_a + sum rho_j [logit + bits] "
-                  "| gamma_b measured [logit] | gamma_b <= Thm 2 | gamma_a + sum excess [logit + bits] "
-                  "| Thm 3 factor | Thm 3: gamma_a (1 + (n-1-a)(n-a)/2) [logit] |",
+        lines += ["| a | # fb | gamma_a [logit*] | sum rho_j [bits] | Thm 2: gamma_a + sum rho_j [logit* + bits] "
+                  "| gamma_b measured [logit*] | gamma_b <= Thm 2 | gamma_a + sum excess [logit* + bits] "
+                  "| Thm 3 factor | Thm 3: gamma_a (1 + (n-1-a)(n-a)/2) [logit*] |",
                   "|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|"]
         for s in self.splits:
             holds = "-" if s.theorem2_holds is None else ("yes" if s.theorem2_holds else "no")
@@ -130,7 +135,7 @@ class BoundReport:
                          f"| {holds} | {_f(s.theorem2_excess)} | {_f(s.theorem3_factor, 2)} | {_f(s.theorem3)} |")
         if self.gammas:
             lines += ["", "## Semirobustness per layer", "",
-                      "| j | probe | clean margin [logit] | attacked margin = upper est. of gamma_j [logit] "
+                      "| j | probe | clean margin [logit*] | attacked margin = upper est. of gamma_j [logit*] "
                       "| clean acc | attacked acc |",
                       "|---:|:---|---:|---:|---:|---:|"]
             for g in self.gammas:
@@ -144,9 +149,11 @@ class BoundReport:
                 lines.append(f"| ({r.layer - 1}, {r.layer}) | {_f(r.rho)} | {_f(r.null)} | {_f(r.excess)} "
                              f"| {_f(r.p_value, 3)} | {r.estimator or '-'} |")
         if self.sensitivities:
-            lines += ["", "## Layer sensitivity (Zhang et al. 2019)", "", "| j | sensitivity [ratio] |", "|---:|---:|"]
+            lines += ["", "## Layer sensitivity (Zhang et al. 2019)", "",
+                      "| j | sensitivity, per channel / unit (authors) [ratio] | sensitivity, per image [ratio] |",
+                      "|---:|---:|---:|"]
             for s in self.sensitivities:
-                lines.append(f"| {s.get('layer')} | {_f(s.get('sensitivity'))} |")
+                lines.append(f"| {s.get('layer')} | {_f(s.get('sensitivity'))} | {_f(s.get('sensitivity_image'))} |")
         lines += ["", "## Units", ""] + [f"- {k}: {v}" for k, v in self.units.items()]
         lines += ["", "## Notes", ""] + [f"- {t}" for t in self.notes]
         if self.settings:
@@ -259,7 +266,8 @@ def bound_report(gammas: Mapping[int, Any] | Sequence[Mapping], rhos: Mapping[in
         ))
     sens = ()
     if sensitivities is not None:
-        sens = tuple({"layer": j, "sensitivity": float(v["sensitivity"] if isinstance(v, Mapping) else v)}
+        sens = tuple({"layer": j, **({k: float(x) for k, x in v.items() if k != "layer"} if isinstance(v, Mapping)
+                                     else {"sensitivity": float(v)})}
                      for j, v in sorted(_by_layer(sensitivities, "sensitivities").items()))
     return BoundReport(
         n=n, splits=tuple(rows), gammas=tuple(_summary(g[j], j) for j in sorted(g)),

@@ -40,6 +40,8 @@ def add_estimate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--probe-subset", type=int, default=1000,
                    help="training images for fitting the gamma probes (0 = fit on the evaluation images)")
     p.add_argument("--ridge", type=float, default=1e-3, help="relative ridge of the closed-form probes")
+    p.add_argument("--probe-last-layer", action="store_true",
+                   help="fit a ridge probe on the logits too (every gamma in one-hot target units) instead of the identity")
     p.add_argument("--gamma-layers", default="all", help="'all' or 'needed' (the split points and n)")
     p.add_argument("--gamma-attack", default="pgd", help="attack against G_j o F(j) (registry name)")
     p.add_argument("--gamma-steps", type=int, default=20)
@@ -151,7 +153,7 @@ def run_estimate(args: argparse.Namespace) -> int:
                           attack=args.gamma_attack,
                           attack_settings={"steps": args.gamma_steps, "restarts": args.gamma_restarts},
                           targets=args.targets, probe_x=probe_x, probe_y=probe_y, ridge=args.ridge,
-                          batch_size=args.batch_size)
+                          identity_last=not args.probe_last_layer, batch_size=args.batch_size)
     timings["gammas_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -170,6 +172,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     settings = {**info, "probe_examples": None if probe_x is None else int(len(probe_x)),
                 "gamma_attack": args.gamma_attack, "gamma_steps": args.gamma_steps,
                 "gamma_restarts": args.gamma_restarts, "targets": args.targets, "ridge": args.ridge,
+                "probe_last_layer": bool(args.probe_last_layer),
                 "rho_attack": args.rho_attack, "rho_attack_settings": rho_settings, "estimator": args.estimator,
                 "estimator_settings": rhos[0].get("settings") if rhos else None, "timings": timings,
                 "network_adv_acc": float(np.mean(np.argmax(np.asarray(_logits(model, variables, x_adv, args.batch_size)), -1) == y))}

@@ -192,13 +192,14 @@ def s1_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Algorithm S1: l
     """Markdown table of ``algorithm_s1_sweep`` rows (accuracies as fractions in [0, 1])."""
     held = any("heldout_acc_linear" in r for r in rows)
     head = ["attack", "a (fa* layers)", "# fb", "dim A", "Acc*", "Acc~ (batch-avg lambda)", "Diff",
-            "Acc~ (global ridge)", "Diff (global)", "Acc_rand", "rel. residual ||A lambda - Z|| / ||Z||"]
+            "Acc~ (global ridge)", "Diff (global)", "Acc_rand", "rel. residual"]
     if held:
         head += ["held-out Acc*", "held-out Acc~", "held-out Acc~ (global)", "held-out Acc_rand"]
     lines = [f"# {title}", "",
              "Acc* = network accuracy, Acc~ = accuracy of argmax(A lambda) on the same inputs, Diff = Acc~ - Acc* "
              "(fractions in [0, 1]); lambda fitted and evaluated on the same examples as in the paper, "
-             "held-out columns on examples left out of the fit.", "",
+             "held-out columns on examples left out of the fit. Acc_rand: random lambda (mean ± std over draws). "
+             "rel. residual: norm(A lambda - Z) / norm(Z) (Frobenius) of the batch-averaged lambda.", "",
              "| " + " | ".join(head) + " |", "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|"]
     f = lambda v: "-" if v is None else f"{v:.4f}"
     for r in rows:

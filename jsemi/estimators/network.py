@@ -88,10 +88,15 @@ def network_rhos(model, variables, x_adv, y, key, layers: Iterable[int] | None =
 
 def layer_sensitivities(model, variables, x, x_adv, layers: Iterable[int] | None = None, *,
                         batch_size: int = 256) -> list[dict]:
-    """Sensitivity of each weight layer (default all): [{'layer': j, 'sensitivity': float}].
+    """Sensitivity of each weight layer (default all) on F(j)(x) and F(j)(x_adv).
 
-    ``jsemi.estimators.dependence.sensitivity`` with its defaults (per channel for conv maps,
-    per unit for dense outputs; mean over images) on F(j)(x) and F(j)(x_adv).
+    Returns [{'layer': j, 'sensitivity': float, 'sensitivity_image': float}]:
+    ``sensitivity`` is ``jsemi.estimators.dependence.sensitivity`` with its defaults, the
+    authors' form (per channel for conv maps, per unit for dense outputs, then the mean
+    over images); a channel or unit that is exactly zero on the clean image but not on
+    the attacked one contributes |d| / 1e-8, so after ReLU it can reach 1e6 and more.
+    ``sensitivity_image`` is the per-image ratio ||a - a_adv||_1 / ||a||_1 over the whole
+    activation (``per="image"``), which stays finite.
     """
     from jsemi.estimators.dependence import sensitivity
 
@@ -109,4 +114,5 @@ def layer_sensitivities(model, variables, x, x_adv, layers: Iterable[int] | None
     # unflattened: conv maps (N, H, W, C) are compared per channel, dense outputs per unit
     acts = collect_layer_outputs(model, variables, np.concatenate([x, x_adv]), js, batch_size=batch_size, flatten=False)
     m = x.shape[0]
-    return [{"layer": j, "sensitivity": float(sensitivity(acts[j][:m], acts[j][m:]))} for j in js]
+    return [{"layer": j, "sensitivity": float(sensitivity(acts[j][:m], acts[j][m:])),
+             "sensitivity_image": float(sensitivity(acts[j][:m], acts[j][m:], per="image"))} for j in js]

@@ -284,13 +284,16 @@ def _layer_score_fn(model, j: int, identity: bool) -> Callable:
 def layer_gammas(model, variables, x, y, key, *, threat, layers: Iterable[int] | None = None,
                  attack: str | Callable = DEFAULT_GAMMA_ATTACK, attack_settings: Mapping[str, Any] | None = None,
                  targets: int = 0, probe_x=None, probe_y=None, ridge: float = 1e-3, batch_size: int = 256,
-                 per_example: bool = False) -> list[dict]:
+                 identity_last: bool = True, per_example: bool = False) -> list[dict]:
     """gamma_j estimates for every weight layer j in ``layers`` (default: all 1..n), one dict each.
 
     Per layer: fits the probe G_j on the clean features of ``probe_x`` / ``probe_y``
     (default: ``x`` / ``y``, i.e. an in-sample probe; pass held-out images for a
-    train/test split), identity for the last layer; then attacks G_j o F(j) on ``x``
-    (compiled once per layer).  Keys of each dict:
+    train/test split), identity on the logits for the last layer (``identity_last``; with
+    False the last layer gets a ridge probe too, so every gamma_j is in the same one-hot
+    target units -- gamma scales with G, so a probe's gamma and the logits' gamma are on
+    different scales); then attacks G_j o F(j) on ``x`` (compiled once per layer).  Keys
+    of each dict:
 
     - ``clean_margin``: mean margin of G_j's scores on clean ``x``;
     - ``attacked_margin``: mean of min(clean, attacked) margin -- an UPPER estimate of
@@ -320,7 +323,7 @@ def layer_gammas(model, variables, x, y, key, *, threat, layers: Iterable[int] |
 
     results = []
     for j in layers:
-        identity = j == n
+        identity = j == n and identity_last
         if identity:
             w = b = jnp.zeros((0,), jnp.float32)
             fit_acc, dim = None, num_classes
@@ -349,7 +352,7 @@ def layer_gammas(model, variables, x, y, key, *, threat, layers: Iterable[int] |
             "threat": threat_dict(threat),
             "targets": int(targets),
             "num_examples": int(x.shape[0]),
-            "units": "logits" if identity else "probe score units (one-hot regression targets)",
+            "units": "logit units" if identity else "probe score units (one-hot regression targets)",
             "note": GAMMA_NOTE,
         }
         if per_example:
