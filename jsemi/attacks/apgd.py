@@ -211,17 +211,63 @@ def apgd_t(logits_fn, x, y, key, threat, *, n_iter=100, n_targets=None, restarts
     check_setting_positive_int(n_targets, "n_targets")
     if n_targets > k - 1:
         raise ValueError(f"n_targets={n_targets} exceeds the {k - 1} classes other than the true one (K={k})")
-    traced = is_traced(x, y, key, threat)
-    best, m = None, None
+    run = lambda xs, ys, kr, t, r: _run_apgd(logits_fn, xs, ys, kr, threat, n_iter=int(n_iter), loss="dlr-targeted",
+                                           rho=rho, target_rank=t)
+    return sequential_targets(run, logits_fn, x, y, key, threat, n_targets, restarts)
+
+
+def _bucket(n: int, full: int) -> int:
+    b = 16
+    while b < n:
+        b *= 2
+    return min(b, full)
+
+
+_pred_margin = jax.jit(lambda f, x, y: (jnp.argmax(f(x), 1) != y, L.margin(f(x), y)), static_argnums=0)
+
+
+def sequential_targets(run, logits_fn, x, y, key, threat, n_targets, restarts):
+    """Runs ``run(x, y, key, target_rank, restart)`` for target ranks 1..n_targets.
+
+    Concrete inputs: each run only sees the points not yet misclassified (gathered on the
+    host, padded to a power-of-two bucket), as in the reference implementation; under a
+    trace every run covers the whole batch and earlier successes are kept.  Per example the
+    first success wins, else the lowest margin; points misclassified on clean inputs keep x.
+    """
+    if is_traced(x, y, key, threat):
+        best, m = None, None
+        for t in range(1, n_targets + 1):
+            for r in range(restarts):
+                xa = run(x, y, jax.random.fold_in(key, t * 1000 + r), t, r)
+                if best is None:
+                    best, m = xa, _margin_of(logits_fn, xa, y)
+                else:
+                    cand, mc = _keep_better(logits_fn, best, m, xa, y, True)
+                    keep = m < 0
+                    best, m = select(keep, best, cand), jnp.where(keep, m, mc)
+        return best
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    b = x.shape[0]
+    fooled0, m0 = _pred_margin(logits_fn, x, y)
+    robust = ~np.asarray(fooled0)
+    x_np, y_np = np.array(x), np.asarray(y)
+    best = x_np.copy()
+    m_best = np.asarray(m0).copy()
     for t in range(1, n_targets + 1):
         for r in range(restarts):
-            kr = jax.random.fold_in(key, t * 1000 + r)
-            xa = _run_apgd(logits_fn, x, y, kr, threat, n_iter=int(n_iter), loss="dlr-targeted", rho=rho, target_rank=t)
-            if best is None:
-                best, m = xa, (_margin_of(logits_fn, xa, y) if traced else _margin_jit(logits_fn, xa, y))
-            else:
-                # misclassified points (margin < 0) keep their first success
-                cand, mc = _keep_better(logits_fn, best, m, xa, y, traced)
-                keep = m < 0
-                best, m = select(keep, best, cand), jnp.where(keep, m, mc)
-    return best
+            ids = np.nonzero(robust)[0]
+            if not ids.size:
+                return jnp.asarray(best)
+            size = _bucket(ids.size, b)
+            ids_p = np.concatenate([ids, np.full(size - ids.size, ids[0])])
+            xs, ys = jnp.asarray(x_np[ids_p]), jnp.asarray(y_np[ids_p])
+            xa = run(xs, ys, jax.random.fold_in(key, t * 1000 + r), t, r)
+            fooled, m = _pred_margin(logits_fn, xa, ys)
+            fooled, m = np.asarray(fooled)[: ids.size], np.asarray(m)[: ids.size]
+            xa = np.asarray(xa)[: ids.size]
+            upd = fooled | (m < m_best[ids])
+            best[ids[upd]] = xa[upd]
+            m_best[ids[upd]] = m[upd]
+            robust[ids[fooled]] = False
+    return jnp.asarray(best)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jsemi.attacks import losses as L
 from jsemi.attacks._common import bcast, check_setting_positive_int, is_traced, run_spec, select, Spec, validate
-from jsemi.attacks.apgd import _keep_better, _margin_jit, _margin_of, default_n_targets, num_classes_of
+from jsemi.attacks.apgd import default_n_targets, num_classes_of, sequential_targets
 from jsemi.attacks.threat import LinfBall
 
 __all__ = ["fab_t", "project_hyperplane_box"]
@@ -150,17 +150,6 @@ def fab_t(logits_fn, x, y, key, threat, *, n_iter=100, n_targets=None, restarts=
     check_setting_positive_int(n_targets, "n_targets")
     if n_targets > k - 1:
         raise ValueError(f"n_targets={n_targets} exceeds the {k - 1} classes other than the true one (K={k})")
-    traced = is_traced(x, y, key, threat)
-    best, m = None, None
-    for t in range(1, n_targets + 1):
-        for r in range(restarts):
-            kr = jax.random.fold_in(key, t * 1000 + r)
-            xa = _run_fab(logits_fn, x, y, kr, threat, n_iter=n_iter, alpha_max=alpha_max, eta=eta, beta=beta,
-                          random_start=r > 0, target_rank=t)
-            if best is None:
-                best, m = xa, (_margin_of(logits_fn, xa, y) if traced else _margin_jit(logits_fn, xa, y))
-            else:
-                cand, mc = _keep_better(logits_fn, best, m, xa, y, traced)
-                keep = m < 0
-                best, m = select(keep, best, cand), jnp.where(keep, m, mc)
-    return best
+    run = lambda xs, ys, kr, t, r: _run_fab(logits_fn, xs, ys, kr, threat, n_iter=n_iter, alpha_max=alpha_max, eta=eta,
+                                          beta=beta, random_start=r > 0, target_rank=t)
+    return sequential_targets(run, logits_fn, x, y, key, threat, n_targets, restarts)

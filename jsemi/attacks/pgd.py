@@ -65,9 +65,25 @@ def fgsm(logits_fn, x, y, key, threat, *, loss="ce"):
 
 
 # ------------------------------------------------------------------------------------- PGD
-def _pgd_spec(logits_fn, steps, step_size, restarts, random_start, loss, keep_best):
-    loss_fn = loss_by_name(loss)
+def _targeted_loss(loss):
+    if loss == "ce":
+        return lambda logits, yt: -L.ce(logits, yt)
+    if loss == "margin":
+        return lambda logits, yt: -L.targeted_margin(logits, yt)
+    if callable(loss):
+        return loss
+    raise ValueError(f"a targeted pgd supports loss 'ce', 'margin' or a callable, got {loss!r}")
+
+
+def _pgd_spec(logits_fn, steps, step_size, restarts, random_start, loss, keep_best, targeted):
+    loss_fn = _targeted_loss(loss) if targeted else loss_by_name(loss)
     track = keep_best or restarts > 1
+
+    def labels(ctx):  # what the loss and the margin are computed against
+        return ctx["y_target"] if targeted else ctx["y"]
+
+    def score(logits, lab):  # lower is better for the attacker
+        return L.targeted_margin(logits, lab) if targeted else L.margin(logits, lab)
 
     def alpha(ctx):
         th = ctx["threat"]
@@ -82,14 +98,14 @@ def _pgd_spec(logits_fn, steps, step_size, restarts, random_start, loss, keep_be
         return (xa, xa, jnp.full((x.shape[0],), jnp.inf, jnp.float32))
 
     def step1(ctx, state):
-        x, y, th = ctx["x"], ctx["y"], ctx["threat"]
+        x, y, th = ctx["x"], labels(ctx), ctx["threat"]
         xa = state[0]
         g, logits = input_grad(logits_fn, loss_fn, xa, y)
         xn = th.project(xa + alpha(ctx) * th.steepest(g), x)
         if not track:
             return (xn,)
         _, bx, bm = state
-        m = L.margin(logits, y)
+        m = score(logits, y)
         better = m < bm
         return (xn, select(better, xa, bx), jnp.where(better, m, bm))
 
@@ -97,7 +113,7 @@ def _pgd_spec(logits_fn, steps, step_size, restarts, random_start, loss, keep_be
         if not track:
             return state[0], None
         xa, bx, bm = state
-        m = L.margin(logits_fn(xa), ctx["y"])
+        m = score(logits_fn(xa), labels(ctx))
         better = m < bm
         return select(better, xa, bx), jnp.where(better, m, bm)
 
@@ -121,14 +137,17 @@ def _pgd_spec(logits_fn, steps, step_size, restarts, random_start, loss, keep_be
     return Spec(init, step, final, steps)
 
 
-def _run_pgd(logits_fn, x, y, key, threat, *, steps, step_size, restarts, random_start, loss, keep_best):
-    settings = (steps, step_size, restarts, random_start, loss, keep_best)
+def _run_pgd(logits_fn, x, y, key, threat, *, steps, step_size, restarts, random_start, loss, keep_best,
+             y_target=None):
+    settings = (steps, step_size, restarts, random_start, loss, keep_best, y_target is not None)
     ctx = {"x": jnp.asarray(x), "y": jnp.asarray(y), "key": key, "threat": threat}
+    if y_target is not None:
+        ctx["y_target"] = jnp.asarray(y_target)
     return run_spec(("pgd", logits_fn) + settings, lambda: _pgd_spec(logits_fn, *settings), ctx)
 
 
 def pgd(logits_fn, x, y, key, threat, *, steps=10, step_size=None, restarts=1, random_start=True,
-        loss="ce", keep_best=True):
+        loss="ce", keep_best=True, y_target=None):
     """Projected gradient descent (Madry et al. 2018) in the threat's norm.
 
     Args:
@@ -145,6 +164,9 @@ def pgd(logits_fn, x, y, key, threat, *, steps=10, step_size=None, restarts=1, r
         "dlr" (Croce & Hein), or a callable (logits, y) -> (B,) loss to maximise.
       keep_best: return, per example, the iterate with the lowest margin seen (at no extra
         gradient cost, one extra forward); False returns the last iterate (classic PGD).
+      y_target: optional int targets (B,): targeted PGD, minimising CE to the target
+        (loss="ce") or max_{k != t} z_k - z_t (loss="margin"); "margin" above then means the
+        targeted margin.
 
     Returns x_adv with ||x_adv - x|| <= eps and x_adv in [0, 1] (up to float32 rounding).
     """
@@ -152,10 +174,15 @@ def pgd(logits_fn, x, y, key, threat, *, steps=10, step_size=None, restarts=1, r
     check_setting_positive_int(steps, "steps")
     check_setting_positive_int(restarts, "restarts")
     loss_by_name(loss)
+    if y_target is not None:
+        from jsemi.validation import check_labels
+
+        check_labels(y_target, name="y_target", batch=x.shape[0])
+        _targeted_loss(loss)
     if not random_start:
         restarts = 1  # deterministic runs would all be identical
     return _run_pgd(logits_fn, x, y, key, threat, steps=int(steps), step_size=step_size, restarts=int(restarts),
-                    random_start=bool(random_start), loss=loss, keep_best=bool(keep_best))
+                    random_start=bool(random_start), loss=loss, keep_best=bool(keep_best), y_target=y_target)
 
 
 def ifgsm(logits_fn, x, y, key, threat, *, steps=10, step_size=None, loss="ce"):
