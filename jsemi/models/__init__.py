@@ -43,7 +43,8 @@ def init_model(model: nn.Module, key: jax.Array, input_shape: tuple[int, int, in
     """Initialises ``model`` for inputs of shape (H, W, C); returns {'params', 'batch_stats'?}."""
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape}")
-    variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    # jit: un-jitted init compiles every random initialiser separately (seconds on CPU).
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *input_shape), jnp.float32), train=False))(key)
     variables = dict(variables)
     variables.pop("intermediates", None)
     return variables
