@@ -292,7 +292,9 @@ def make_train_step(model: nn.Module, config: TrainConfig) -> Callable:
             return new_state, metrics, new_extra
         return new_state, metrics
 
-    return jax.jit(step)
+    jitted = jax.jit(step)
+    jitted.config = config  # lets train_epoch find the mode's epoch runner (ATTA's buffer)
+    return jitted
 
 
 def _standard_loss(model, config, forward, eval_vars, x, y, key, extra):
@@ -317,16 +319,28 @@ _EXTRA_LOSSES: dict[str, Callable] = {}
 # Modes whose loss builder augments the (un-augmented) batch itself, e.g. ATTA, which must
 # apply the same crop/flip to its carried perturbations and invert it afterwards.
 _SELF_AUGMENTING: set[str] = set()
+# mode -> epoch loop replacing ``train_epoch``'s (same signature), for modes with per-example state.
+_EPOCH_RUNNERS: dict[str, Callable] = {}
 
 
-def register_training_mode(name: str, loss_builder: Callable, *, self_augmenting: bool = False) -> None:
+def register_training_mode(name: str, loss_builder: Callable, *, self_augmenting: bool = False,
+                           epoch_runner: Callable | None = None) -> None:
     """Registers a training mode: ``loss_builder(model, config, forward, eval_vars, x, y, key, extra)``
-    returns ``loss_fn(p_train) -> (loss, (logits, new_batch_stats, new_extra))``."""
+    returns ``loss_fn(p_train) -> (loss, (logits, new_batch_stats, new_extra))``.
+
+    ``self_augmenting``: the step skips its own augmentation and the builder gets the raw
+    batch (it must augment itself when ``config.augment``).  ``epoch_runner``: replaces
+    ``train_epoch``'s loop for steps of this mode (same signature), e.g. to carry ATTA's
+    per-example perturbations across epochs."""
     _EXTRA_LOSSES[name] = loss_builder
     if self_augmenting:  # the step then passes x un-augmented; the builder reads config.augment
         _SELF_AUGMENTING.add(name)
     else:
         _SELF_AUGMENTING.discard(name)
+    if epoch_runner is not None:  # train_epoch(step of this mode, ...) calls it instead
+        _EPOCH_RUNNERS[name] = epoch_runner
+    else:
+        _EPOCH_RUNNERS.pop(name, None)
 
 
 def _loss_registry() -> dict[str, Callable]:
@@ -431,7 +445,15 @@ def train_epoch(
     progress: bool = False,
     desc: str = "train",
 ) -> tuple[TrainState, dict]:
-    """One pass over the data; returns the new state and mean loss / accuracy / seconds."""
+    """One pass over the data; returns the new state and mean loss / accuracy / seconds.
+
+    Modes with an epoch runner (ATTA: per-example perturbations carried across epochs) are
+    delegated to it; it keeps their state between calls (see ``jsemi.robust_training``).
+    """
+    runner = _EPOCH_RUNNERS.get(getattr(getattr(step_fn, "config", None), "mode", None))
+    if runner is not None:
+        return runner(state, step_fn, images, labels, key, batch_size=batch_size, seed=seed, epoch=epoch,
+                      progress=progress, desc=desc)
     idx = batch_indices(images.shape[0], batch_size, seed, epoch)
     it = enumerate(idx)
     bar = None

@@ -1,0 +1,405 @@
+"""Data parallelism on JAX's own sharding engine: one ``Mesh`` axis "data" over all devices.
+
+Design (no hand-written collectives anywhere):
+
+- ``make_mesh()`` builds a 1-D ``jax.sharding.Mesh`` whose single axis ``"data"`` spans
+  every device JAX sees: all local devices, and every host's devices after
+  ``jax.distributed.initialize()``.  On one CPU it is a mesh of one device and the same
+  code path runs.
+- Batches (images, labels, ATTA perturbations, ...) are placed with
+  ``NamedSharding(mesh, P("data"))`` (split along their leading axis); variables, optimizer
+  state, PRNG keys and scalar metrics are replicated (``P()``).  ``jax.jit`` with these
+  in/out shardings lets XLA's SPMD partitioner insert the all-reduces: the gradient of a
+  mean loss over a sharded batch, BatchNorm batch statistics over the *global* batch and
+  accuracy sums are exactly the single-device computation (up to float summation order).
+- Indivisible batches.  Per-example computations (attacks in inference mode, evaluation,
+  layer outputs for the estimators) **pad and trim**: the batch is padded to a multiple of
+  the device count by repeating its last example, and outputs are cut back to the real
+  examples, so results are those of the unpadded batch.  (Random starts agree too: with
+  ``jax_threefry_partitionable`` on, the default, the random bits of example i do not
+  depend on the batch size or the sharding.)  A **training step raises** a ``ValueError``
+  instead: padding would change the mean loss and the BatchNorm batch statistics, and a
+  silent change of the optimisation is worse than an error.  Choose a batch size that is
+  a multiple of ``num_shards(mesh)`` (the epoch loops drop the remainder batch).
+- Multi-host: after ``jax.distributed.initialize()`` every process calls the same
+  functions with its *process-local* share of the batch (``local batch x process count =
+  global batch``); ``shard_batch`` assembles the global array with
+  ``jax.make_array_from_process_local_data``.  Outputs sharded along "data" are global
+  arrays: read them with ``jax.experimental.multihost_utils.process_allgather`` (or use
+  the replicated metrics) on multi-host runs.
+
+Typical use::
+
+    mesh = sharding.make_mesh()
+    step = sharding.shard_train_step(train.make_train_step(model, config), mesh)
+    state = sharding.replicate(state, mesh)
+    state, metrics = step(state, x, y, key)                       # x, y: host arrays
+    x_adv = sharding.shard_attack(model, functools.partial(pgd, threat=LinfBall(0.1)), mesh)(
+        state.variables, x, y, key)
+    res = sharding.evaluate(model, state.variables, images, labels, key, attack=..., mesh=mesh)
+
+Mixed precision is orthogonal: build the model with ``dtype=jnp.bfloat16`` (see
+``jsemi.precision``); parameters, optimizer state, loss and attack perturbations stay float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+__all__ = [
+    "DATA_AXIS",
+    "make_mesh",
+    "num_shards",
+    "data_sharding",
+    "replicated",
+    "replicate",
+    "shard_batch",
+    "pad_to_multiple",
+    "check_divisible",
+    "data_parallel",
+    "shard_train_step",
+    "shard_attack",
+    "shard_apply",
+    "evaluate",
+]
+
+
+# ----------------------------------------------------------------------------- mesh
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: ``jax.devices()``, all hosts)."""
+    devs = list(jax.devices() if devices is None else devices)
+    if not devs:
+        raise ValueError("make_mesh: no devices")
+    return Mesh(np.asarray(devs, dtype=object), (DATA_AXIS,))
+
+
+def _default_mesh(mesh: Mesh | None) -> Mesh:
+    return make_mesh() if mesh is None else mesh
+
+
+def num_shards(mesh: Mesh) -> int:
+    """Number of devices along the data axis (the global batch must split into this many)."""
+    return int(mesh.shape[DATA_AXIS])
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split along "data", other axes whole."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (variables, optimizer state, keys, metrics)."""
+    return NamedSharding(mesh, P())
+
+
+def _multiprocess(mesh: Mesh) -> bool:
+    """True when the mesh spans devices of more than one process (multi-host)."""
+    return len({d.process_index for d in mesh.devices.flat}) > 1
+
+
+def _local_multiple(mesh: Mesh) -> int:
+    """Per-process batch multiple: the devices of this process on the mesh."""
+    me = jax.process_index()
+    return max(1, sum(1 for d in mesh.devices.flat if d.process_index == me))
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def _same_sharding(a, s: NamedSharding) -> bool:
+    sh = getattr(a, "sharding", None)
+    try:
+        return sh is not None and sh.is_equivalent_to(s, a.ndim)
+    except Exception:  # pragma: no cover - older jax without is_equivalent_to
+        return sh == s
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places every leaf of ``tree`` replicated on ``mesh`` (a no-op for leaves already there)."""
+    rep = replicated(mesh)
+    leaves = jax.tree_util.tree_leaves(tree)
+    if leaves and all(_same_sharding(l, rep) for l in leaves if isinstance(l, jax.Array)):
+        return tree
+    if _multiprocess(mesh):
+        return jax.tree_util.tree_map(
+            lambda a: jax.make_array_from_process_local_data(rep, np.asarray(a)) if hasattr(a, "shape") else a, tree
+        )
+    return jax.device_put(tree, rep)
+
+
+def check_divisible(n: int, mesh: Mesh, what: str = "batch") -> None:
+    """Raises ValueError unless ``n`` (a process-local batch size) splits evenly over the devices."""
+    m = _local_multiple(mesh)
+    if n % m:
+        lo, hi = (n // m) * m, -(-n // m) * m
+        raise ValueError(
+            f"{what} size {n} is not divisible by the {m} devices of the data axis"
+            f"{' on this process' if _multiprocess(mesh) else ''}: use a batch size that is a "
+            f"multiple of {m} (e.g. {lo or m} or {hi}); training never pads, because padding "
+            "would change the mean loss and the BatchNorm batch statistics"
+        )
+
+
+def pad_to_multiple(arrays: Sequence[Any], multiple: int) -> tuple[list[Any], int]:
+    """Pads each array's leading axis to a multiple of ``multiple`` by repeating its last row.
+
+    Returns (padded arrays, original length).  Repeating a real example keeps images in
+    [0, 1] and labels valid, so padded rows never trigger input checks or NaNs.
+    """
+    n = int(arrays[0].shape[0])
+    if n == 0:
+        raise ValueError("pad_to_multiple: empty batch")
+    for a in arrays:
+        if a.shape[0] != n:
+            raise ValueError(f"batch arrays disagree on the batch size: {[x.shape[0] for x in arrays]}")
+    target = -(-n // multiple) * multiple
+    if target == n:
+        return list(arrays), n
+    out = []
+    for a in arrays:
+        xp = jnp if isinstance(a, jax.Array) else np
+        reps = xp.repeat(a[-1:], target - n, axis=0)
+        out.append(xp.concatenate([a, reps], axis=0))
+    return out, n
+
+
+def shard_batch(mesh: Mesh, *arrays: Any) -> tuple[Any, ...] | Any:
+    """Places arrays split along their leading axis over "data" (batch must be divisible).
+
+    Single process: ``device_put`` of the (host or device) array.  Multi-host: each process
+    passes its local share and gets the global array.  Returns one array or a tuple.
+    """
+    ds = data_sharding(mesh)
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+            continue
+        check_divisible(int(a.shape[0]), mesh)
+        if _multiprocess(mesh):
+            out.append(jax.make_array_from_process_local_data(ds, np.asarray(a)))
+        elif isinstance(a, jax.Array) and _same_sharding(a, ds):
+            out.append(a)
+        else:
+            out.append(jax.device_put(a, ds))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+# ----------------------------------------------------------------------------- generic wrapper
+
+
+def data_parallel(
+    fn: Callable,
+    mesh: Mesh | None = None,
+    *,
+    batch_argnums: Sequence[int],
+    out_batched: bool | Sequence[bool] = True,
+    pad: bool = True,
+    static_argnames: Sequence[str] = (),
+    donate_argnums: Sequence[int] = (),
+) -> Callable:
+    """Jits ``fn`` with the ``batch_argnums`` arguments sharded along "data", the rest replicated.
+
+    ``out_batched``: True/False for every output, or one bool per element of a tuple output
+    (True: sharded along "data" and trimmed; False: replicated).  ``pad=True`` (for
+    per-example functions only) pads indivisible batches and trims batched outputs;
+    ``pad=False`` raises on an indivisible batch.  Arguments that are ``None`` stay ``None``.
+    """
+    mesh = _default_mesh(mesh)
+    ds, rep = data_sharding(mesh), replicated(mesh)
+    batch_argnums = tuple(batch_argnums)
+    compiled: dict[tuple, Callable] = {}
+
+    out_sh = (ds if out_batched else rep) if isinstance(out_batched, bool) else tuple(
+        ds if b else rep for b in out_batched)
+
+    def _jitted(nargs: int, none_mask: tuple[bool, ...]):
+        key = (nargs, none_mask)
+        if key not in compiled:
+            in_sh = tuple(
+                None if none_mask[i] else (ds if i in batch_argnums else rep) for i in range(nargs)
+            )
+            compiled[key] = jax.jit(
+                fn,
+                in_shardings=in_sh,
+                out_shardings=out_sh,
+                static_argnames=tuple(static_argnames) or None,
+                donate_argnums=tuple(donate_argnums),
+            )
+        return compiled[key]
+
+    def trim(out, n):
+        if isinstance(out_batched, bool):
+            return jax.tree_util.tree_map(lambda a: a[:n], out) if out_batched else out
+        return tuple(jax.tree_util.tree_map(lambda a: a[:n], o) if b else o for o, b in zip(out, out_batched))
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        args = list(args)
+        batch = [i for i in batch_argnums if i < len(args) and args[i] is not None]
+        if not batch:
+            raise ValueError("data_parallel: no batch argument given")
+        n = int(args[batch[0]].shape[0])
+        padded = False
+        if pad and n % _local_multiple(mesh):
+            vals, _ = pad_to_multiple([args[i] for i in batch], _local_multiple(mesh))
+            for i, v in zip(batch, vals):
+                args[i] = v
+            padded = True
+        for i in range(len(args)):
+            if args[i] is None:
+                continue
+            if i in batch_argnums:
+                args[i] = shard_batch(mesh, args[i])
+            else:
+                args[i] = replicate(args[i], mesh)
+        none_mask = tuple(a is None for a in args)
+        out = _jitted(len(args), none_mask)(*args, **kwargs)
+        return trim(out, n) if padded else out
+
+    wrapped.mesh = mesh  # type: ignore[attr-defined]
+    return wrapped
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def shard_train_step(step_fn: Callable, mesh: Mesh | None = None, *, donate: bool = False) -> Callable:
+    """Data-parallel version of a ``jsemi.train.make_train_step`` step.
+
+    Returns ``step(state, x, y, key, extra=None)`` with the same results as ``step_fn``:
+    (state, metrics) or, when ``extra`` (the ATTA perturbations of the batch) is given,
+    (state, metrics, new_extra).  ``x``, ``y`` and ``extra`` are split along "data"; the state
+    and the metrics are replicated.  The batch size must be a multiple of the device count
+    (ValueError otherwise; see the module docstring).  ``donate=True`` donates the incoming
+    state's buffers (do not reuse the old state afterwards).
+    """
+    mesh = _default_mesh(mesh)
+    ds, rep = data_sharding(mesh), replicated(mesh)
+    donate_argnums = (0,) if donate else ()
+    plain = jax.jit(step_fn, in_shardings=(rep, ds, ds, rep), out_shardings=(rep, rep), donate_argnums=donate_argnums)
+    carried = jax.jit(
+        step_fn, in_shardings=(rep, ds, ds, rep, ds), out_shardings=(rep, rep, ds), donate_argnums=donate_argnums
+    )
+
+    def step(state, x, y, key, extra=None):
+        state = replicate(state, mesh)
+        x, y = shard_batch(mesh, x, y)
+        key = replicate(key, mesh)
+        if extra is None:
+            return plain(state, x, y, key)
+        return carried(state, x, y, key, shard_batch(mesh, extra))
+
+    step.mesh = mesh  # type: ignore[attr-defined]
+    step.config = getattr(step_fn, "config", None)  # type: ignore[attr-defined]  # train_epoch dispatch
+    return step
+
+
+# ----------------------------------------------------------------------------- attacks, inference
+
+
+def shard_attack(model, attack: Callable, mesh: Mesh | None = None) -> Callable:
+    """Data-parallel attack against ``model`` in inference mode.
+
+    ``attack(logits_fn, x, y, key) -> x_adv`` (e.g. ``functools.partial(pgd, threat=LinfBall(eps),
+    steps=10)``).  Returns ``f(variables, x, y, key) -> x_adv`` (x float in [0, 1]); indivisible
+    batches are padded and trimmed.  Perturbations stay in float32 whatever the model's dtype.
+    """
+
+    def run(variables, x, y, key):
+        x = x.astype(jnp.float32)
+        lf = lambda z: model.apply(variables, z, train=False)
+        return attack(lf, x, y, key)
+
+    return data_parallel(run, mesh, batch_argnums=(1, 2), out_batched=True, pad=True)
+
+
+def shard_apply(fn: Callable, mesh: Mesh | None = None) -> Callable:
+    """Data-parallel ``fn(variables, x) -> per-example outputs`` (pytree of (B, ...) arrays).
+
+    For features / layer outputs used by the estimators, e.g.
+    ``shard_apply(lambda v, x: jsemi.models.layer_outputs(model, v, x)[1])``.
+    Indivisible batches are padded and trimmed.
+    """
+    return data_parallel(fn, mesh, batch_argnums=(1,), out_batched=True, pad=True)
+
+
+def evaluate(
+    model,
+    variables: dict,
+    images: np.ndarray,
+    labels: np.ndarray,
+    key: jax.Array,
+    attack: Callable | None = None,
+    batch_size: int = 500,
+    mesh: Mesh | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict:
+    """Data-parallel counterpart of ``jsemi.train.evaluate`` (same arguments and result).
+
+    Each batch of ``batch_size`` (rounded up to a multiple of the device count; the last
+    batch is padded) is split over the devices; attack keys are ``fold_in(key, b)`` for batch
+    b as in ``jsemi.train.evaluate``, so both give the same accuracies on any device count.
+    Returns {'acc', 'adv_acc' (None without attack), 'n'}.  Single process: on a multi-host
+    run, evaluate each host's share on ``make_mesh(jax.local_devices())`` and add the counts.
+    """
+    from jsemi.train import to_unit_float
+    from jsemi.validation import check_images, check_labels
+
+    mesh = _default_mesh(mesh)
+    if _multiprocess(mesh):
+        raise ValueError("sharding.evaluate runs on one process: pass mesh=make_mesh(jax.local_devices()) "
+                         "on each host and add the hosts' counts")
+    labels = np.asarray(labels)
+    check_labels(labels, None, "labels", batch=images.shape[0])
+    if images.shape[0] == 0:
+        raise ValueError("evaluate: empty dataset")
+    if images.dtype != np.uint8:
+        check_images(images, "images")
+    bs = min(batch_size, images.shape[0])
+    m = _local_multiple(mesh)
+    bs_padded = -(-bs // m) * m
+
+    def clean_correct(v, x, y):
+        x = to_unit_float(x)
+        return jnp.argmax(model.apply(v, x, train=False), -1) == y
+
+    def adv_correct(v, x, y, k):
+        x = to_unit_float(x)
+        lf = lambda z: model.apply(v, z, train=False)
+        xa = attack(lf, x, y, k)
+        return jnp.argmax(lf(xa), -1) == y
+
+    clean_fn = data_parallel(clean_correct, mesh, batch_argnums=(1, 2), pad=False)
+    adv_fn = data_parallel(adv_correct, mesh, batch_argnums=(1, 2), pad=False) if attack is not None else None
+    variables = replicate(variables, mesh)
+
+    n_batches = math.ceil(images.shape[0] / bs)
+    it = range(n_batches)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=desc, leave=False)
+    clean, adv = 0, 0
+    for b in it:
+        xb, yb = images[b * bs:(b + 1) * bs], labels[b * bs:(b + 1) * bs]
+        n = xb.shape[0]
+        if n != bs_padded:  # one compiled shape: pad to bs rounded up to the device count
+            (xb, yb), _ = pad_to_multiple([xb, yb], bs_padded)
+        clean += int(np.sum(np.asarray(jax.device_get(clean_fn(variables, xb, yb)))[:n]))
+        if adv_fn is not None:
+            adv += int(np.sum(np.asarray(jax.device_get(adv_fn(variables, xb, yb, jax.random.fold_in(key, b))))[:n]))
+    total = images.shape[0]
+    return {"acc": clean / total, "adv_acc": (adv / total) if attack is not None else None, "n": total}
