@@ -44,9 +44,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     train = load_split(args.dataset, "train", args.data_dir, args.train_subset, args.seed)
     test = load_split(args.dataset, "test", args.data_dir, args.test_subset, args.seed)
+    model_kwargs = {}
+    if args.dtype != "float32":
+        from jsemi.precision import compute_dtype
+
+        import jax.numpy as jnp
+
+        name = jnp.dtype(compute_dtype(args.dtype)).name  # validates; "auto" -> bfloat16 on TPU/GPU
+        if name != "float32":
+            model_kwargs["dtype"] = name  # a string, so the run signature stays JSON
     res = pretrain(
         args.out, args.model, train.images, train.labels, test.images, test.labels, config,
-        num_classes=train.num_classes, dataset=args.dataset, seed=args.seed,
+        num_classes=train.num_classes, dataset=args.dataset, seed=args.seed, model_kwargs=model_kwargs,
         train_subset=args.train_subset, progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs,
     )
     last = res.history[-1] if res.history else {}
@@ -115,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-steps", type=int, default=None)
     p.add_argument("--attack-step-size", type=float, default=None)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--dtype", default="float32", help="compute dtype: float32, bfloat16 or auto (bf16 on TPU/GPU); params stay float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (checkpoints, history.json); rerun to resume")
     p.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)

@@ -139,6 +139,10 @@ def pretrain(
         log(f"resuming {run_dir} from epoch {start_epoch}/{config.epochs}")
 
     step_fn = make_train_step(model, config)
+    if jax.device_count() > 1:  # data parallel over every device (TPU cores, GPUs, hosts)
+        from jsemi.sharding import shard_train_step
+
+        step_fn = shard_train_step(step_fn)
     done_now = 0
     for epoch in range(start_epoch, config.epochs):
         if stop_after_epochs is not None and done_now >= stop_after_epochs:
