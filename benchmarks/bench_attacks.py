@@ -203,12 +203,13 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--eps", type=float, default=8 / 255)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for both libraries (0: all cores)")
-    ap.add_argument("--warm", default="pgd,autoattack",
-                    help="attacks whose jsemi time is taken on a second (compiled) pass; others run once")
     ap.add_argument("--only", default="", help="comma list of: fgsm,bim,pgd,cw,apgd-ce,apgd-t,fab-t,square,autoattack,autoattack-100")
-    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--lib", default="split", choices=["split", "both", "jsemi", "torch"],
+                    help="split (default): each library in its own process (no thread interference), then merged")
     ap.add_argument("--json", default=os.path.join(OUT, "bench_attacks.json"))
     args = ap.parse_args(argv)
+    if args.lib == "split":
+        return split_run(args, argv if argv is not None else sys.argv[1:])
     if args.threads:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
                                    + ("true" if args.threads > 1 else "false")
@@ -277,24 +278,25 @@ def main(argv=None):
     for name in only:
         mk_t, atk_j = plan[name]
         r = {}
-        # jsemi: a first pass compiles (timed as 'cold'), a second pass is timed warm
-        t0 = time.perf_counter()
-        ok_j, times_j = run_jsemi(atk_j, f, x, y, bs)
-        r["jsemi_cold_s"] = time.perf_counter() - t0
-        if name in args.warm.split(","):
-            ok_j, times_j = run_jsemi(atk_j, f, x, y, bs)
-            r["jsemi_timing"] = "warm (second pass)"
-        else:
-            r["jsemi_timing"] = "cold (includes compilation)"
-        r["jsemi_s"] = sum(times_j)
-        r["jsemi_img_per_s"] = len(y) / sum(times_j)
-        r["jsemi_robust_acc"] = float(ok_j.mean())
-        if mk_t is not None and not args.skip_torch:
-            ok_t, times_t = run_torch(mk_t(), tm, x, y, bs)
+        xs, ys = (x[:256], y[:256]) if name == "autoattack-100" else (x, y)  # 100 iterations: one batch
+        if args.lib in ("both", "jsemi"):
+            # warm-up: the first batch once (compiles what it needs; later batches may still
+            # compile other bucket sizes inside the timed region), then every batch timed
+            t0 = time.perf_counter()
+            run_jsemi(atk_j, f, xs[:bs], ys[:bs], bs, seed=1)
+            r["jsemi_warmup_s"] = time.perf_counter() - t0
+            ok_j, times_j = run_jsemi(atk_j, f, xs, ys, bs)
+            r["jsemi_s"] = sum(times_j)
+            r["jsemi_img_per_s"] = len(ys) / sum(times_j)
+            r["jsemi_robust_acc"] = float(ok_j.mean())
+            r["n"] = len(ys)
+        if mk_t is not None and args.lib in ("both", "torch"):
+            ok_t, times_t = run_torch(mk_t(), tm, xs, ys, bs)
             r["torch_s"] = sum(times_t)
-            r["torch_img_per_s"] = len(y) / sum(times_t)
+            r["torch_img_per_s"] = len(ys) / sum(times_t)
             r["torch_robust_acc"] = float(ok_t.mean())
-            r["throughput_ratio"] = r["jsemi_img_per_s"] / r["torch_img_per_s"]
+            if "jsemi_img_per_s" in r:
+                r["throughput_ratio"] = r["jsemi_img_per_s"] / r["torch_img_per_s"]
         results["attacks"][name] = r
         print(name, json.dumps(r), flush=True)
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
@@ -303,5 +305,61 @@ def main(argv=None):
     return results
 
 
+def split_run(args, argv):
+    """Runs jsemi and torchattacks in two child processes and merges their JSON."""
+    import subprocess
+
+    base = [a for a in argv if not a.startswith("--lib")]
+    parts = {}
+    for lib in ("jsemi", "torch"):
+        out = args.json + f".{lib}.json"
+        cmd = [sys.executable, os.path.abspath(__file__), *base, "--lib", lib, "--json", out]
+        print("running", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        with open(out) as fh:
+            parts[lib] = json.load(fh)
+    merged = parts["jsemi"]
+    merged["command"] = "python benchmarks/bench_attacks.py " + " ".join(base)
+    merged["load_avg_torch_start"] = parts["torch"]["load_avg"]
+    for name, r in parts["torch"]["attacks"].items():
+        m = merged["attacks"].setdefault(name, {})
+        m.update({k: v for k, v in r.items() if k.startswith("torch")})
+        if "jsemi_img_per_s" in m and "torch_img_per_s" in m:
+            m["throughput_ratio"] = m["jsemi_img_per_s"] / m["torch_img_per_s"]
+    with open(args.json, "w") as fh:
+        json.dump(merged, fh, indent=1)
+    print(markdown(args.json))
+    return merged
+
+
+def markdown(path):
+    """Renders a results JSON as the table of benchmarks/RESULTS.md's "Attacks" section."""
+    with open(path) as fh:
+        r = json.load(fh)
+    lines = [
+        f"{r['date']}, {r['machine']}, {r['threads']} threads per library, 1-minute load average at start "
+        f"{r['load_avg'][0]:.1f} (jsemi) / {r.get('load_avg_torch_start', r['load_avg'])[0]:.1f} (torch); jax {r['versions']['jax']}, torch {r['versions']['torch']}, torchattacks "
+        f"{r['versions']['torchattacks']}.  Data: {r['data']}, first {r['n']} images, batch {r['batch']}, "
+        f"L-inf eps = {r['eps'] * 255:.0f}/255, PGD/BIM step {r['alpha'] * 255:.0f}/255.  Clean accuracy "
+        f"{100 * r['clean_acc']:.1f}%; torch vs Flax logits max |diff| {r['logit_max_abs_diff']:.1e}.  "
+        f"Command: `{r['command'].strip()}`.",
+        "",
+        "| attack | images | jsemi robust acc | torchattacks robust acc | jsemi img/s | torchattacks img/s | ratio jsemi/torchattacks | jsemi warm-up (1st batch, compiles) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, a in r["attacks"].items():
+        ta = f"{100 * a['torch_robust_acc']:.1f}%" if "torch_robust_acc" in a else "-"
+        ti = f"{a['torch_img_per_s']:.1f}" if "torch_img_per_s" in a else "-"
+        ra = f"{a['throughput_ratio']:.2f}" if "throughput_ratio" in a else "-"
+        ja = f"{100 * a['jsemi_robust_acc']:.1f}%" if "jsemi_robust_acc" in a else "-"
+        ji = f"{a['jsemi_img_per_s']:.1f}" if "jsemi_img_per_s" in a else "-"
+        wu = f"{a['jsemi_warmup_s']:.0f} s" if "jsemi_warmup_s" in a else "-"
+        lines.append(f"| {name} | {a.get('n', r['n'])} | {ja} | {ta} | {ji} | {ti} | {ra} | {wu} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--markdown":
+        print(markdown(sys.argv[2]))
+    else:
+        main()

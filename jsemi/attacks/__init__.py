@@ -26,14 +26,14 @@ from jsemi.attacks.apgd import apgd, apgd_t
 from jsemi.attacks.cw import cw_l2
 from jsemi.attacks.fab import fab_t
 from jsemi.attacks.square import square
-from jsemi.attacks.autoattack import autoattack
+from jsemi.attacks.autoattack import autoattack, autoattack_report
 from jsemi.attacks.evaluate import robust_accuracy, robust_accuracy_eps_grid, robust_correct
 from jsemi.attacks.registry import ATTACK_NAMES, default_threat, get_attack
 
 __all__ = [
     "LinfBall", "L2Ball", "Threat", "as_threat",
     "losses", "ce", "cw", "dlr", "dlr_targeted", "margin",
-    "fgsm", "ifgsm", "pgd", "apgd", "apgd_t", "cw_l2", "fab_t", "square", "autoattack",
+    "fgsm", "ifgsm", "pgd", "apgd", "apgd_t", "cw_l2", "fab_t", "square", "autoattack", "autoattack_report",
     "robust_accuracy", "robust_accuracy_eps_grid", "robust_correct",
     "ATTACK_NAMES", "get_attack", "default_threat",
 ]

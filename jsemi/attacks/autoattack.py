@@ -35,7 +35,7 @@ from jsemi.attacks.pgd import fgsm, pgd
 from jsemi.attacks.square import square
 from jsemi.attacks.threat import LinfBall
 
-__all__ = ["autoattack", "autoattack_attacks", "VERSIONS"]
+__all__ = ["autoattack", "autoattack_attacks", "autoattack_report", "VERSIONS"]
 
 VERSIONS = ("standard", "rand", "custom")
 _KNOWN = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "pgd", "fgsm", "cw")
@@ -155,3 +155,44 @@ def _autoattack_traced(logits_fn, x, y, key, threat, names, fns, return_info):
         return x_adv, {"attacks": names, "clean_acc": clean_acc, "robust_acc_after": after,
                        "robust_acc": jnp.mean(robust), "robust": robust}
     return x_adv
+
+
+def autoattack_report(logits_fn, x, y, key, threat, *, batch_size=256, progress=False, **settings) -> dict:
+    """AutoAttack over a dataset in batches: {"attacks", "n", "clean_acc",
+    "robust_acc_after": {name: acc after that attack}, "robust_acc", "robust": bool (N,)}.
+
+    Batch i uses ``jax.random.fold_in(key, i)``; ``settings`` go to ``autoattack``.
+    """
+    from jsemi.attacks._common import check_key
+    from jsemi.validation import check_images, check_labels
+
+    check_images(x, "x")
+    check_labels(y, name="y", batch=x.shape[0])
+    check_key(key)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32)
+    n = x.shape[0]
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, total=-(-n // batch_size), desc="autoattack", unit="batch")
+    robust = np.zeros(n, bool)
+    clean = 0.0
+    after = None
+    names = None
+    for i, s in enumerate(starts):
+        xb, yb = x[s : s + batch_size], y[s : s + batch_size]
+        _, info = autoattack(logits_fn, jnp.asarray(xb), jnp.asarray(yb), jax.random.fold_in(key, i), threat,
+                             return_info=True, **settings)
+        m = len(yb)
+        names = info["attacks"]
+        clean += info["clean_acc"] * m
+        if after is None:
+            after = {k: 0.0 for k in names}
+        for k in names:
+            after[k] += info["robust_acc_after"][k] * m
+        robust[s : s + m] = info["robust"]
+    return {"attacks": names, "n": n, "clean_acc": clean / n,
+            "robust_acc_after": {k: v / n for k, v in after.items()}, "robust_acc": float(robust.mean()),
+            "robust": robust}

@@ -8,6 +8,7 @@ the name implies (L2 for "pgd-l2" and "cw", else L-inf).
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable
 
 from jsemi.attacks.apgd import apgd, apgd_t
@@ -46,12 +47,26 @@ def default_threat(name: str, eps: float):
     return L2Ball(eps) if name in ("pgd-l2", "cw") else LinfBall(eps)
 
 
+def _aliases(fn, settings: dict) -> dict:
+    """CLI-friendly aliases: ``steps`` means ``n_iter`` (APGD, FAB, AutoAttack) or
+    ``n_queries`` (Square) where the attack has no ``steps`` setting."""
+    params = inspect.signature(fn).parameters
+    out = dict(settings)
+    if "steps" in out and "steps" not in params:
+        for alt in ("n_iter", "n_queries"):
+            if alt in params and alt not in out:
+                out[alt] = out.pop("steps")
+                break
+    return out
+
+
 def get_attack(name: str, threat, **settings) -> Callable:
     """Returns ``attack(logits_fn, x, y, key) -> x_adv`` for ``name`` under ``threat``.
 
     ``settings`` are the keyword settings of the underlying function (e.g. steps=10,
     step_size=2/255 for "pgd"; n_iter=100 for "apgd-ce"; c=1.0, kappa=0.0, steps=50,
-    lr=0.01 for "cw"); unknown settings raise TypeError at the first call.
+    lr=0.01 for "cw"); ``steps`` is accepted as an alias of ``n_iter`` / ``n_queries``;
+    unknown settings raise TypeError here.
     """
     if name not in _TABLE:
         raise ValueError(f"unknown attack {name!r}; available: {', '.join(ATTACK_NAMES)}")
@@ -59,7 +74,12 @@ def get_attack(name: str, threat, **settings) -> Callable:
     fn, fixed, need = _TABLE[name]
     if need is not None and not isinstance(threat, need):
         raise ValueError(f"attack {name!r} needs a {need.__name__} threat, got {threat!r}")
-    kw = {**fixed, **settings}
+    kw = {**fixed, **_aliases(fn, settings)}
+    params = inspect.signature(fn).parameters
+    unknown = sorted(k for k in kw if k not in params)
+    if unknown:
+        raise TypeError(f"attack {name!r} has no setting(s) {unknown}; its settings: "
+                        f"{[p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]}")
 
     @functools.wraps(fn)
     def attack(logits_fn, x, y, key):
