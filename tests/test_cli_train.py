@@ -43,6 +43,7 @@ def test_train_resume_matches_uninterrupted(tmp_path, capsys):
         assert np.array_equal(u, v)
 
 
+@pytest.mark.slow
 def test_killed_train_process_resumes_from_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "jsemi.cli", "train", *COMMON, "--train-subset", "1024", "--epochs", "6", "--out", str(run)]

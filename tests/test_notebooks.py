@@ -148,6 +148,7 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
     assert list((tmp_path / "out" / "alg1" / "fb2" / "trials").glob("*.json"))
 
 
+@pytest.mark.slow
 def test_functional_api_notebook(tmp_path, monkeypatch):
     nb = _execute(COLAB / "02_functional_api.ipynb", tmp_path, monkeypatch)
     out = _outputs(nb)
@@ -155,6 +156,7 @@ def test_functional_api_notebook(tmp_path, monkeypatch):
     assert "rho(body, neck) =" in out and "probe margin" in out
 
 
+@pytest.mark.slow
 def test_paper_reproduction_notebook(tmp_path, monkeypatch):
     nb = _execute(COLAB / "03_paper_reproduction.ipynb", tmp_path, monkeypatch)
     out = _outputs(nb)
