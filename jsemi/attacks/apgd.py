@@ -217,9 +217,15 @@ def apgd_t(logits_fn, x, y, key, threat, *, n_iter=100, n_targets=None, restarts
 
 
 def _bucket(n: int, full: int) -> int:
+    """Padded size for n remaining points: 16, 32, 64, then multiples of 32 (at most full).
+    Each size is one compilation per attack; finer sizes waste less compute on padding."""
+    if n > full:
+        return n
     b = 16
-    while b < n:
+    while b < n and b < 64:
         b *= 2
+    if n > 64:
+        b = -(-n // 32) * 32
     return min(b, full)
 
 
