@@ -53,6 +53,7 @@ class Stages:
             except (OSError, ValueError):
                 self.previous = {}
         self.t0 = time.perf_counter()
+        self.load_start = _loadavg()
 
     def __call__(self, name: str):
         stages = self
@@ -90,9 +91,21 @@ class Stages:
             elif not rec.get("reused"):
                 rec = {**rec, "first_run_seconds": rec["seconds"]}
             merged[name] = rec
-        write_json_atomic(self.path, {"stages": merged, "total_seconds": total})
+        self.load_end = _loadavg()
+        write_json_atomic(self.path, {"stages": merged, "total_seconds": total, "load_average_start": self.load_start,
+                                      "load_average_end": self.load_end})
         self.total = total
         self.merged = merged
+
+
+def _loadavg() -> list[float] | None:
+    """The 1/5/15-minute load averages (other processes competing for the cores), if available."""
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 # ----------------------------------------------------------------------------- data

@@ -50,9 +50,12 @@ def pretrained_accuracy(exp: Experiment, model, normal, robust, test, out: Path)
     pgd = AttackedAccuracy(model, bind_eval_attack("pgd", threat, settings), 500)
     clean = AttackedAccuracy(model, None, 500)
     key = jax.random.PRNGKey(123)
-    res = {"n": int(len(y)), "attack": "pgd", "attack_settings": settings, "eps": exp.alg1.eps, "norm": exp.alg1.norm}
-    for name, v in (("normal", normal), ("robust", robust)):
-        res[name] = {"clean_acc": clean(v, x, y, key), "pgd20_acc": pgd(v, x, y, key)}
+    # PGD-20 of the normal network on a quarter of the images only (it is ~0 anyway): saves demo time
+    n_normal = max(1, len(y) // 4)
+    res = {"n": int(len(y)), "n_pgd_normal": int(n_normal), "attack": "pgd", "attack_settings": settings,
+           "eps": exp.alg1.eps, "norm": exp.alg1.norm}
+    res["normal"] = {"clean_acc": clean(normal, x, y, key), "pgd20_acc": pgd(normal, x[:n_normal], y[:n_normal], key)}
+    res["robust"] = {"clean_acc": clean(robust, x, y, key), "pgd20_acc": pgd(robust, x, y, key)}
     write_json_atomic(path, res)
     return res
 
@@ -80,18 +83,24 @@ def bound_stage(exp: Experiment, model, robust, test, train, out: Path) -> dict:
     key = jax.random.PRNGKey(exp.pretrain.seed + 77)
     x_adv = adversarial_examples(model, robust, x, y, jax.random.fold_in(key, 1), threat=threat, attack=a1.eval_attack,
                                  attack_settings=a1.eval_attack_settings)
-    rhos = {est: network_rhos(model, robust, x_adv, y, jax.random.fold_in(key, 2), estimator=est,
+    splits = sorted(n - fb for fb in exp.fb_values)
+    # what Theorems 2 and 3 need at these split points: rho_j for j > min(a), gamma at each a and at n
+    pairs = list(range(splits[0] + 1, n + 1))
+    rhos = {est: network_rhos(model, robust, x_adv, y, jax.random.fold_in(key, 2), layers=pairs, estimator=est,
                               **dict(a1.rho_settings.get(est, {})))
             for est in a1.rho_estimators}
-    gammas = layer_gammas(model, robust, x, y, jax.random.fold_in(key, 3), threat=threat, attack=a1.gamma_attack,
-                          attack_settings=a1.gamma_attack_settings, probe_x=px, probe_y=py)
+    gx, gy = x, y
+    if a1.gamma_examples is not None and a1.gamma_examples < len(y):
+        gx, gy = x[: a1.gamma_examples], y[: a1.gamma_examples]
+    gammas = layer_gammas(model, robust, gx, gy, jax.random.fold_in(key, 3), threat=threat, layers=splits + [n],
+                          attack=a1.gamma_attack, attack_settings=a1.gamma_attack_settings, probe_x=px, probe_y=py)
     sens = layer_sensitivities(model, robust, x, x_adv)
-    splits = sorted(n - fb for fb in exp.fb_values)
     primary = a1.rho_estimators[0]
     rep = bound_report(gammas, rhos[primary], n, splits, sensitivities=sens,
                        settings={"network": "robust (fa*, fb*)", "rho_estimator": primary,
                                  "rho_settings": a1.rho_settings.get(primary, {}), "gamma_attack": a1.gamma_attack,
                                  "gamma_attack_settings": a1.gamma_attack_settings, "examples": int(len(y)),
+                                 "gamma_examples": int(len(gy)),
                                  "rho_inputs": f"{a1.eval_attack} {a1.eval_attack_settings}"})
     md = rep.to_markdown()
     others = [e for e in a1.rho_estimators if e != primary]
@@ -154,7 +163,7 @@ def _theorem2_table(trials: list[dict]) -> str:
 
 
 def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bounds, s1, stages: Stages,
-                 info: dict) -> Path:
+                 info: dict, dirs: list) -> Path:
     from jsemi import report
 
     figs = out / "figures"
@@ -173,7 +182,11 @@ def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bou
                                                            title=f"rho per pair: robust net vs fine-tuned ({primary})"))
     except ImportError as e:
         log(f"figures skipped: {e}")
-    claims = report.check_claims(rows, initial_rhos=initial)
+    secondary = {}
+    for est in exp.alg1.rho_estimators[1:]:
+        srows, _ = report.load_rows(dirs, estimator=est)
+        secondary[est] = srows
+    claims = report.check_claims(rows, initial_rhos=initial, secondary=secondary)
     table = report.table_markdown(rows, title=f"Algorithm 1, {exp.alg1.eval_attack.upper()} "
                                               f"(eps {exp.alg1.eps:g}, {exp.alg1.norm}), k = {exp.alg1.k:g}, "
                                               f"{rows[0]['trials']} trials per row")
@@ -202,6 +215,10 @@ def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bou
         "## rho beside its permutation null (every pair in fb)",
         "",
         report.rho_table_markdown(rows),
+    ]
+    for est, srows in secondary.items():
+        lines += [f"Secondary estimator `{est}` (same attacked inputs):", "", report.rho_table_markdown(srows)]
+    lines += [
         "Null: the same estimator with one layer's activations permuted within each class; excess = rho - null; "
         "p-value from the permutations.",
         "",
@@ -212,8 +229,8 @@ def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bou
                   "| # fb | pair | rho before [bits] | null before [bits] |", "|---:|:---|---:|---:|"]
         for fb, ent in sorted(initial.items()):
             for j, e in sorted(ent.items(), reverse=True):
-                lines.append(f"| {fb} | ({j - 1}, {j}) | {float(e['rho']):.3f} | "
-                             f"{'-' if e.get('null') is None else f'{float(e['null']):.3f}'} |")
+                null = "-" if e.get("null") is None else f"{float(e['null']):.3f}"
+                lines.append(f"| {fb} | ({j - 1}, {j}) | {float(e['rho']):.3f} | {null} |")
         lines.append("")
     lines += ["## Trials", "", report.trials_markdown(trials),
               "fa* bit-identical: every fa* variable (weights and BatchNorm statistics) of the fine-tuned network "
@@ -227,17 +244,18 @@ def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bou
         lines += ["## Bound report of the robust network (fa*, fb*)", "",
                   "Full report: [bounds/BOUNDS.md](bounds/BOUNDS.md).", ""]
         for s in bounds["report"]["splits"]:
+            gb = "-" if s["gamma_b"] is None else f"{s['gamma_b']:.3f}"
             lines.append(f"- a = {s['a']} (# fb {s['num_fb']}): gamma_a = {s['gamma_a']:.3f}, sum rho = {s['sum_rho']:.3f} "
-                         f"bits, Theorem 2 value = {s['theorem2']:.3f}, measured gamma_b = "
-                         f"{'-' if s['gamma_b'] is None else f'{s['gamma_b']:.3f}'}, holds: {s['theorem2_holds']}; "
-                         f"Theorem 3 value = {s['theorem3']:.3f}")
+                         f"bits, Theorem 2 value = {s['theorem2']:.3f}, measured gamma_b = {gb}, "
+                         f"holds: {s['theorem2_holds']}; Theorem 3 value = {s['theorem3']:.3f}")
         lines.append("")
     if s1:
         from jsemi.estimators.linear import s1_markdown
 
         lines += ["## Algorithm S1 (robust network)", "", s1_markdown(s1["rows"], title="Algorithm S1").split("\n", 2)[-1], ""]
     lines += ["## Pretrained networks", "",
-              f"On {pre_acc['n']} stratified test images (PGD-20, eps {pre_acc['eps']:g}, random start):", "",
+              f"On {pre_acc['n']} stratified test images (PGD-20, eps {pre_acc['eps']:g}, random start; the normal "
+              f"network's PGD-20 accuracy on the first {pre_acc.get('n_pgd_normal', pre_acc['n'])} of them):", "",
               "| network | clean acc | PGD-20 acc |", "|:---|---:|---:|",
               f"| normal (fa, fb) | {report.pct(pre_acc['normal']['clean_acc'])} | {report.pct(pre_acc['normal']['pgd20_acc'])} |",
               f"| robust (fa*, fb*) | {report.pct(pre_acc['robust']['clean_acc'])} | {report.pct(pre_acc['robust']['pgd20_acc'])} |",
@@ -245,7 +263,9 @@ def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bou
     lines += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in fig_paths] + [""]
     lines += ["## Wall time per stage", "",
               f"Machine: {platform.machine()}, {_cpu_count()} CPU cores, {platform.python_implementation()} "
-              f"{platform.python_version()}, JAX {_jax_version()}.", "",
+              f"{platform.python_version()}, JAX {_jax_version()}. Load average (1/5/15 min) at the start "
+              f"{stages.load_start}, at the end {stages.load_end} (other processes competing for the cores "
+              "inflate the wall times).", "",
               "| stage | this run [s] | first run [s] |", "|:---|---:|---:|"]
     for name, rec in st.items():
         lines.append(f"| {name} | {rec['seconds']:.1f}{' (reused)' if rec.get('reused') else ''} "
@@ -315,9 +335,9 @@ def run_demo(exp: Experiment, out: str | Path, *, data_dir: str | None = None, p
         stages.mark_reused("algorithm S1")
     with stages("tables, figures, report"):
         stages.save()
-        path = write_report(exp, out, rows, trials, initial, pre_acc, bounds, s1, stages, info)
+        path = write_report(exp, out, rows, trials, initial, pre_acc, bounds, s1, stages, info, dirs)
     stages.save()
-    path = write_report(exp, out, rows, trials, initial, pre_acc, bounds, s1, stages, info)  # with the last stage's time
+    path = write_report(exp, out, rows, trials, initial, pre_acc, bounds, s1, stages, info, dirs)  # with the last stage's time
     log(f"report: {path} (total {stages.total:.1f} s)")
     print(report.table_markdown(rows))
     return path

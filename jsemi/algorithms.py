@@ -46,7 +46,12 @@ another).  Each replica keeps its own data order and keys, identical to the sequ
 trial's, and its own stopping epoch (its variables are snapshotted when it stops;
 replicas that stopped keep computing until the group ends, which wastes some work).
 Records of the two modes agree up to floating-point reassociation, not bit for bit, so
-the mode is part of the run configuration.
+the mode is part of the run configuration.  **Use it on an accelerator, not on a CPU**:
+vmapping over the weights turns every convolution into a batched-weight (grouped)
+convolution, which XLA's CPU backend runs slowly -- measured on the 2-core CPU with the
+SmallCNN, 3 replicas at batch 128 took 3.5 s per PGD-3 step against 3 x 0.2 s in sequence
+(0.17x), and PGD-10 evaluation of 1,000 images 59 s against 3 x 3.4 s.  AutoAttack
+evaluation (host mode) runs the replicas one after another.
 """
 
 from __future__ import annotations
@@ -91,7 +96,8 @@ class Alg1Config:
     Evaluation attack: ``eval_attack`` ("none", "fgsm", "pgd", "autoattack", ... any
     name of the attack registry) with ``eval_attack_settings`` under the threat
     ``norm``/``eps`` (pixel units).  Measurements after each trial on
-    ``measure_examples`` class-stratified test images: rho with every estimator in
+    ``measure_examples`` class-stratified test images (gamma on the first
+    ``gamma_examples`` of them in stratified order, default all): rho with every estimator in
     ``rho_estimators`` (the first is the one the tables use), settings per estimator in
     ``rho_settings``; gamma with ``gamma_attack``/``gamma_attack_settings``, the layer-a
     probe fitted on ``probe_examples`` training images.  ``vmap``: number of trials
@@ -113,6 +119,7 @@ class Alg1Config:
     eval_batch_size: int = 500
     measure: bool = True
     measure_examples: int = 1000
+    gamma_examples: int | None = None
     probe_examples: int = 1000
     rho_estimators: tuple[str, ...] = ("ksg", "edge")
     rho_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -132,6 +139,9 @@ class Alg1Config:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not (isinstance(self.k, (int, float)) and math.isfinite(self.k) and self.k >= 0):
             raise ValueError(f"k (accuracy points) must be a finite number >= 0, got {self.k!r}")
+        if self.gamma_examples is not None and (isinstance(self.gamma_examples, bool)
+                                                or not isinstance(self.gamma_examples, int) or self.gamma_examples < 1):
+            raise ValueError(f"gamma_examples must be a positive int or None, got {self.gamma_examples!r}")
         for name in ("max_epochs", "trials", "measure_examples", "probe_examples", "vmap", "eval_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -245,6 +255,11 @@ def bind_eval_attack(name: str, threat, settings: Mapping[str, Any]) -> Callable
     return bind_attack(name, threat, dict(settings), defaults=False)[0]
 
 
+# Attacks evaluated on concrete batches (host mode): AutoAttack gathers the still-robust
+# points between its attacks on the host, which only works outside a trace.
+HOST_ATTACKS = ("autoattack", "autoattack-rand", "autoattack-custom")
+
+
 class AttackedAccuracy:
     """Compiled accuracy on attacked inputs with the variables as an argument.
 
@@ -252,10 +267,16 @@ class AttackedAccuracy:
     trial (``jsemi.train.evaluate`` closes over the variables, so it would recompile for
     each new set of weights).  ``attack=None`` gives clean accuracy.  Accuracy counts
     argmax(f(x_adv)) == y.  Batch b uses ``fold_in(key, b)``; the last batch is padded.
+
+    ``host=True`` calls the attack with concrete batches instead of tracing it into the
+    compiled function (for AutoAttack, whose per-attack compaction of the still-robust
+    points needs concrete arrays); the attack then compiles once per call (per set of
+    weights), and the replicas of ``many`` are evaluated one after another.
     """
 
-    def __init__(self, model, attack: Callable | None, batch_size: int = 500):
+    def __init__(self, model, attack: Callable | None, batch_size: int = 500, host: bool = False):
         self.model, self.attack, self.batch_size = model, attack, int(batch_size)
+        self.host = bool(host) and attack is not None
 
         def correct(variables, x, y, key):
             x = to_unit_float(x)
@@ -270,9 +291,13 @@ class AttackedAccuracy:
                 return x
             return attack(lambda z: model.apply(variables, z, train=False), x, y, key)
 
+        def predict_correct(variables, x, y):
+            return jnp.argmax(model.apply(variables, to_unit_float(x), train=False), -1) == y
+
         self._one = jax.jit(correct)
         self._many = jax.jit(jax.vmap(correct, in_axes=(0, None, None, 0)))
         self._adv = jax.jit(adversarial)
+        self._pred = jax.jit(predict_correct)
 
     def _batches(self, images: np.ndarray, labels: np.ndarray):
         n = images.shape[0]
@@ -285,21 +310,37 @@ class AttackedAccuracy:
                 yb = np.concatenate([yb, np.repeat(yb[-1:], bs - m, 0)])
             yield b, xb, yb, m
 
+    def _host_adv(self, lf, xb, yb, key):
+        x = np.asarray(xb, np.float32) / 255.0 if xb.dtype == np.uint8 else np.asarray(xb, np.float32)
+        return self.attack(lf, x, np.asarray(yb), key)
+
     def __call__(self, variables, images: np.ndarray, labels: np.ndarray, key: jax.Array) -> float:
         hits = 0
+        lf = (lambda z: self.model.apply(variables, z, train=False)) if self.host else None
         for b, xb, yb, m in self._batches(images, labels):
-            hits += int(np.sum(np.asarray(self._one(variables, xb, yb, jax.random.fold_in(key, b)))[:m]))
+            kb = jax.random.fold_in(key, b)
+            if self.host:
+                ok = self._pred(variables, self._host_adv(lf, xb, yb, kb), yb)
+            else:
+                ok = self._one(variables, xb, yb, kb)
+            hits += int(np.sum(np.asarray(ok)[:m]))
         return hits / images.shape[0]
 
     def adversarial(self, variables, images: np.ndarray, labels: np.ndarray, key: jax.Array) -> np.ndarray:
         """The attacked inputs (float32 in [0, 1], host array) with the same batching and keys as ``__call__``."""
         out = []
+        lf = (lambda z: self.model.apply(variables, z, train=False)) if self.host else None
         for b, xb, yb, m in self._batches(images, labels):
-            out.append(np.asarray(self._adv(variables, xb, yb, jax.random.fold_in(key, b)))[:m])
+            kb = jax.random.fold_in(key, b)
+            xa = self._host_adv(lf, xb, yb, kb) if self.host else self._adv(variables, xb, yb, kb)
+            out.append(np.asarray(xa)[:m])
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def many(self, stacked_variables, images: np.ndarray, labels: np.ndarray, keys: jax.Array) -> np.ndarray:
         """Accuracies (R,) of R stacked variable sets, replica r attacked with ``keys[r]``."""
+        if self.host:
+            r = int(jax.tree_util.tree_leaves(stacked_variables)[0].shape[0])
+            return np.array([self(_unstack(stacked_variables, i), images, labels, keys[i]) for i in range(r)])
         hits = None
         fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
         for b, xb, yb, m in self._batches(images, labels):
@@ -319,11 +360,11 @@ def _evaluator(model, config: "Alg1Config", attack: Callable | None) -> Attacked
         key = (model,) + key
         hash(key)
     except TypeError:
-        return AttackedAccuracy(model, attack, config.eval_batch_size)
+        return AttackedAccuracy(model, attack, config.eval_batch_size, host=config.eval_attack in HOST_ATTACKS)
     if key not in _EVALUATORS:
         if len(_EVALUATORS) > 16:
             _EVALUATORS.clear()
-        _EVALUATORS[key] = AttackedAccuracy(model, attack, config.eval_batch_size)
+        _EVALUATORS[key] = AttackedAccuracy(model, attack, config.eval_batch_size, host=config.eval_attack in HOST_ATTACKS)
     return _EVALUATORS[key]
 
 
@@ -478,23 +519,26 @@ def _measure_inputs(ctx: _Context, variables: Mapping, key: jax.Array) -> tuple[
     return x, ctx.evaluator.adversarial(variables, x, y, key), y
 
 
-def _rhos(ctx: _Context, variables: Mapping, x_adv: np.ndarray, y: np.ndarray, key: jax.Array) -> dict:
+def _rhos(ctx: _Context, variables: Mapping, x_adv: np.ndarray, y: np.ndarray, key: jax.Array,
+          estimators: Sequence[str] | None = None) -> dict:
     from jsemi.estimators.network import network_rhos
 
     cfg = ctx.config
     return {est: [_strip(r) for r in network_rhos(ctx.model, variables, x_adv, y, key, layers=ctx.fb, estimator=est,
                                                   **dict(cfg.rho_settings.get(est, {})))]
-            for est in cfg.rho_estimators}
+            for est in (estimators or cfg.rho_estimators)}
 
 
 def initial_measure(ctx: _Context) -> dict:
-    """rho of the glued (fa*, fb) network before any fine-tuning (once per run; the network is
-    the same for every trial), for "fine-tuning raises rho" (PAPER_NOTES section 7)."""
+    """rho (primary estimator only) of the glued (fa*, fb) network before any fine-tuning (once
+    per run; the network is the same for every trial), for "fine-tuning raises rho"
+    (PAPER_NOTES section 7)."""
     t0 = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), 0x1417)
     k_adv, k_rho = jax.random.split(key)
     _, x_adv, y = _measure_inputs(ctx, ctx.glued, k_adv)
-    return {"rho": _rhos(ctx, ctx.glued, x_adv, y, k_rho), "rho_estimator": ctx.config.rho_estimators[0],
+    primary = ctx.config.rho_estimators[0]
+    return {"rho": _rhos(ctx, ctx.glued, x_adv, y, k_rho, [primary]), "rho_estimator": primary,
             "measure_examples": int(y.shape[0]), "seconds": time.perf_counter() - t0}
 
 
@@ -510,7 +554,11 @@ def measure(ctx: _Context, variables: Mapping, key: jax.Array) -> dict:
     k_adv, k_rho, k_gamma = jax.random.split(key, 3)
     x, x_adv, y = _measure_inputs(ctx, variables, k_adv)
     rhos = _rhos(ctx, variables, x_adv, y, k_rho)
-    gammas = layer_gammas(ctx.model, variables, x, y, k_gamma, threat=ctx.threat, layers=[ctx.a, ctx.n],
+    gx, gy = x, y
+    if cfg.gamma_examples is not None and cfg.gamma_examples < y.shape[0]:
+        gi = _stratified(y, cfg.gamma_examples, cfg.seed + 2)
+        gx, gy = x[gi], y[gi]
+    gammas = layer_gammas(ctx.model, variables, gx, gy, k_gamma, threat=ctx.threat, layers=[ctx.a, ctx.n],
                           attack=cfg.gamma_attack, attack_settings=cfg.gamma_attack_settings,
                           probe_x=px, probe_y=py, batch_size=min(cfg.eval_batch_size, 256))
     sens = layer_sensitivities(ctx.model, variables, x, x_adv, batch_size=min(cfg.eval_batch_size, 256))
@@ -518,7 +566,8 @@ def measure(ctx: _Context, variables: Mapping, key: jax.Array) -> dict:
     report = bound_report(gammas, rhos[primary], ctx.n, [ctx.a], sensitivities=sens,
                           settings={"rho_estimator": primary, "rho_settings": cfg.rho_settings.get(primary, {}),
                                     "gamma_attack": cfg.gamma_attack, "gamma_attack_settings": cfg.gamma_attack_settings,
-                                    "measure_examples": int(x.shape[0]), "probe_examples": int(px.shape[0]),
+                                    "measure_examples": int(x.shape[0]), "gamma_examples": int(gx.shape[0]),
+                                    "probe_examples": int(px.shape[0]),
                                     "rho_inputs": "clean" if x_adv is x else f"{cfg.eval_attack} (eval attack)"})
     g = {int(r["layer"]): r for r in gammas}
     return {

@@ -132,8 +132,9 @@ def run_alg1(args: argparse.Namespace) -> int:
         raise ValueError(f"the normal ({n_meta['signature']['model']}) and robust ({r_meta['signature']['model']}) "
                          "runs are not the same architecture")
     dataset = args.dataset or n_meta["signature"]["dataset"]
-    train = load_dataset(dataset, "train", data_dir=args.data_dir, subset=args.train_subset, seed=args.seed or 0)
-    test = load_dataset(dataset, "test", data_dir=args.data_dir, subset=args.test_subset, seed=args.seed or 0)
+    # data subsets are fixed (seed 0) so runs with other --seed values see the same images
+    train = load_dataset(dataset, "train", data_dir=args.data_dir, subset=args.train_subset, seed=0)
+    test = load_dataset(dataset, "test", data_dir=args.data_dir, subset=args.test_subset, seed=0)
     if args.num_fb is not None:
         splits = [{"num_fb": f, "a": None} for f in args.num_fb]
     elif args.a is not None:
@@ -145,8 +146,7 @@ def run_alg1(args: argparse.Namespace) -> int:
     for sp in splits:
         cfg = build_config(args, r_meta, sp)
         name = f"fb{cfg.num_fb}" if cfg.num_fb is not None else f"a{cfg.a}"
-        res = algorithm1(model, normal, robust, train, test, cfg, out / name, progress=not args.no_progress,
-                         log=print)
+        algorithm1(model, normal, robust, train, test, cfg, out / name, progress=not args.no_progress, log=print)
         dirs.append(out / name)
     report = alg1_report(dirs, out, title=f"Algorithm 1: {n_meta['signature']['model']} on {dataset}")
     rows, _ = load_rows(dirs)
