@@ -47,7 +47,10 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) fashion-mnist
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_attacks.py
+	$(PY) benchmarks/bench_edge.py
+	$(PY) benchmarks/bench_sharding.py
+	@echo "GPU: PYTHONPATH=. python3 benchmarks/bench_gpu_train.py on a GPU machine (see benchmarks/RESULTS.md)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
