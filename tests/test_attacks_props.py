@@ -69,15 +69,17 @@ def test_robust_accuracy_non_increasing_in_eps(e1, e2, seed, linf):
     assert np.all(a_hi <= a_lo)  # robust at the larger eps implies robust at the smaller
 
 
-@SETTINGS
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16))
 def test_autoattack_accuracy_at_most_pgd(seed):
-    f = _model(seed % 5, 16, 5)
-    x = jax.random.uniform(jax.random.key(seed), (24, 4, 4, 1))
+    f = _model(seed % 2, 16, 5)
+    # 16 points: every remaining subset pads to the same 16-point bucket (one compilation)
+    x = jax.random.uniform(jax.random.key(seed), (16, 4, 4, 1))
     y = jnp.argmax(f(x), 1)
     th = LinfBall(0.05)
     acc_pgd = float(jnp.mean(jnp.argmax(f(pgd(f, x, y, jax.random.key(1), th, steps=5)), 1) == y))
     _, info = autoattack(f, x, y, jax.random.key(1), th, n_iter=10, n_targets=2, n_queries=20, return_info=True)
+    assert list(info["robust_acc_after"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert info["robust_acc"] <= acc_pgd + 1e-9
 
 
