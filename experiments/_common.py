@@ -213,7 +213,10 @@ def run_rows(exp: Experiment, model, normal, robust, ft_data, eval_data, out: Pa
         if vmap is not None:
             extra["vmap"] = vmap
         cfg = exp.row_config(fb, k=k, attack=attack, **extra)
-        d = row_dir(out, cfg.eval_attack, fb, k, seed_tag)
+        # rows identical to the experiment's base rows share their directory (and finished trials)
+        k_tag = None if k is None or float(k) == float(exp.alg1.k) else k
+        s_tag = None if seed_tag is None or (seed_tag == exp.pretrain.seed and cfg.seed == exp.alg1.seed) else seed_tag
+        d = row_dir(out, cfg.eval_attack, fb, k_tag, s_tag)
         algorithm1(model, normal, robust, ft_data, eval_data, cfg, d, progress=progress, log=log)
         dirs.append(d)
     return dirs

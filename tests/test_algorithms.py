@@ -468,35 +468,65 @@ def test_paper_config_smoke_slow(model_name, dataset, tmp_path):
     _paper_smoke(model_name, dataset, tmp_path)
 
 
-@pytest.mark.slow
-def test_demo_pipeline_end_to_end_on_tiny_synthetic_experiment(tmp_path):
+def tiny_experiment():
+    """The CPU experiment shrunk to seconds: tiny SmallCNN on synthetic data, 2 trials of 1 epoch."""
     import configs
-    import demo
 
     exp = configs.CPU
     tiny_ft = dataclasses.replace(exp.alg1.finetune, batch_size=64, attack_steps=1)
-    exp = dataclasses.replace(
-        exp,
+    return dataclasses.replace(
+        exp, name="tiny",
         pretrain=dataclasses.replace(exp.pretrain, dataset="synthetic", model_kwargs=TINY_KW, train_subset=None,
                                      data_options={"num_examples": 256}, pretrain_eval_subset=64,
                                      normal=dataclasses.replace(exp.pretrain.normal, epochs=1, batch_size=64),
                                      robust=dataclasses.replace(exp.pretrain.robust, epochs=1, batch_size=64,
                                                                 attack_steps=1)),
         alg1=dataclasses.replace(exp.alg1, max_epochs=1, trials=2, finetune=tiny_ft, measure_examples=64,
-                                 probe_examples=64, eval_attack_settings={"steps": 2},
+                                 gamma_examples=None, probe_examples=64, eval_attack_settings={"steps": 2},
                                  rho_settings={"ksg": {"permutations": 3}, "edge": {"permutations": 3}},
                                  gamma_attack_settings={"steps": 2, "restarts": 1, "loss": "margin"}),
-        finetune_train_subset=128, eval_test_subset=64, s1_examples=64,
+        finetune_train_subset=128, eval_test_subset=64, s1_examples=64, k_values=(0.0, 5.0), independent_seeds=(0, 1),
     )
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end_on_tiny_synthetic_experiment(tmp_path):
+    import demo
+
+    exp = tiny_experiment()
     path = demo.run_demo(exp, tmp_path / "demo", progress=False)
     text = path.read_text()
     for needle in ("Result table", "Claim-by-claim", "permutation null", "Wall time per stage", "Algorithm S1",
                    "Bound report", "pretrain robust"):
         assert needle in text, needle
     assert (tmp_path / "demo" / "figures" / "rho_per_layer.png").exists()
-    t0 = time.time()
     demo.run_demo(exp, tmp_path / "demo", progress=False)  # rerun: everything reused
     assert "(reused)" in path.read_text()
+
+
+@pytest.mark.slow
+def test_experiment_scripts_on_tiny_experiment(tmp_path):
+    import algorithm1
+    import algorithm_s1
+    import configs
+    import pretrain as pretrain_script
+    import sweeps
+
+    cfg_path = tmp_path / "tiny.json"
+    configs.save(tiny_experiment(), cfg_path)
+    common = ["--experiment", str(cfg_path), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert pretrain_script.main(common) == 0
+    assert algorithm1.main(common + ["--fb", "2"]) == 0
+    assert (tmp_path / "run" / "alg1" / "pgd" / "REPORT.md").exists()
+    assert algorithm_s1.main(common + ["--attacks", "none", "pgd", "--split-points", "5"]) == 0
+    assert sweeps.main(["layers"] + common + ["--fb", "2", "3"]) == 0
+    assert sweeps.main(["k"] + common + ["--fb", "2"]) == 0
+    assert sweeps.main(["models"] + common + ["--fb", "2"]) == 0
+    out = tmp_path / "run"
+    for name in ("rho_per_layer.png", "rho_vs_k_fb2.png", "rho_across_models_fb2.png"):
+        assert (out / "sweeps" / name).exists(), name
+    # rows shared between scripts are computed once: fb2 (k = 0, seed 0), fb2-k5, fb3, fb2-seed1
+    assert sorted(p.name for p in (out / "alg1" / "pgd").iterdir() if p.is_dir()) == ["fb2", "fb2-k5", "fb2-seed1", "fb3"]
 
 
 def test_fixture_networks_give_a_nontrivial_acc_star(data, nets):
