@@ -42,7 +42,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(PY) -m pip install --quiet torch scipy tqdm requests
+	$(PY) -m pip install --quiet torch==2.13.0 scipy tqdm requests
 	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $(BENCH_STAMP)
 

@@ -422,6 +422,7 @@ def test_batchnorm_stays_in_inference_mode(trained_cnn):
     assert xa.shape == x[:16].shape
 
 
+@pytest.mark.slow
 def test_targeted_attacks_hit_their_targets(trained_cnn):
     _, _, f, x, y = trained_cnn
     x, y = x[:32], y[:32]

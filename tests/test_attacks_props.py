@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import functools
 
 import jax
@@ -69,6 +70,7 @@ def test_robust_accuracy_non_increasing_in_eps(e1, e2, seed, linf):
     assert np.all(a_hi <= a_lo)  # robust at the larger eps implies robust at the smaller
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16))
 def test_autoattack_accuracy_at_most_pgd(seed):
