@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import Stages, alg1_data, load_data, log, pretrain_pair, run_rows, subset  # noqa: E402
+from _common import Stages, alg1_data, load_data, log, pretrain_pair, row_dir, run_rows, subset  # noqa: E402
 from configs import Experiment, get_experiment  # noqa: E402
 
 
@@ -312,8 +312,12 @@ def run_demo(exp: Experiment, out: str | Path, *, data_dir: str | None = None, p
     dirs = []
     for fb in exp.fb_values:
         name = f"algorithm 1, # fb {fb} ({exp.alg1.trials} trials)"
+        trials_dir = row_dir(out, exp.alg1.eval_attack, fb) / "trials"
+        done_before = len(list(trials_dir.glob("trial_*.json"))) if trials_dir.exists() else 0
         with stages(name):
             d = run_rows(exp, model, normal, robust, ft, ev, out, fb_values=[fb], progress=progress)
+        if done_before >= exp.alg1.trials:
+            stages.mark_reused(name)
         dirs += d
     from jsemi import report
     from jsemi.runs import RunDir
