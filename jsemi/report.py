@@ -312,6 +312,23 @@ def _int_ticks(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _finish_axes(ax, title: str, legend_size: int = 8) -> None:
+    """Title, legend and a light grid: the common finish of every single-panel figure."""
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    """Lay out, write ``fig`` as a 120-dpi PNG at ``path`` (parents created), close it; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_rho_per_layer(rows: Sequence[Mapping], path: str | Path, title: str = "rho per layer pair (Fig. S2)") -> Path:
     """rho_j (mean ± std over trials) against the pair index j, one line per # fb, nulls dashed."""
     plt = _plt()
@@ -327,15 +344,8 @@ def plot_rho_per_layer(rows: Sequence[Mapping], path: str | Path, title: str = "
     ax.set_xlabel("layer pair (j-1, j): j")
     _int_ticks(ax)
     ax.set_ylabel(f"rho_j [bits] ({rows[0]['estimator'] if rows else ''})")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _finish_axes(ax, title)
+    return _save(plt, fig, path)
 
 
 def plot_accuracy_per_epoch(trials: Sequence[Mapping], path: str | Path, title: str = "attacked accuracy during fine-tuning") -> Path:
@@ -360,12 +370,7 @@ def plot_accuracy_per_epoch(trials: Sequence[Mapping], path: str | Path, title: 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_rho_vs_k(points: Sequence[Mapping], path: str | Path, title: str = "rho against k (Fig. S3)") -> Path:
@@ -381,15 +386,8 @@ def plot_rho_vs_k(points: Sequence[Mapping], path: str | Path, title: str = "rho
                     label=f"{rho_label(j, n)} ({j - 1},{j})")
     ax.set_xlabel("k [accuracy points]")
     ax.set_ylabel("rho_j [bits]")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _finish_axes(ax, title)
+    return _save(plt, fig, path)
 
 
 def plot_rho_across_models(series: Mapping[str, Mapping[int, Mapping]], path: str | Path,
@@ -406,15 +404,8 @@ def plot_rho_across_models(series: Mapping[str, Mapping[int, Mapping]], path: st
     ax.set_xlabel("layer pair (j-1, j): j")
     _int_ticks(ax)
     ax.set_ylabel("rho_j [bits] (dashed: null)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _finish_axes(ax, title)
+    return _save(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- run directories

@@ -51,7 +51,6 @@ float32 images and differentiated through the cast).
 
 from __future__ import annotations
 
-import time
 import weakref
 from typing import Any, Callable
 
@@ -358,32 +357,19 @@ def train_epoch(
         raise ValueError(f"the ATTA buffer holds {buffer.delta.shape[0]} examples, the training set {images.shape[0]}")
     buffer.start_epoch(epoch)
     idx = _train.batch_indices(images.shape[0], batch_size, seed, epoch)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    pending = []
 
-        bar = tqdm(total=len(idx), desc=desc, leave=False)
-    t0 = time.perf_counter()
-    losses, accs = [], []
-    pending = None
-    for i, ix in enumerate(idx):
-        state, m, d = step_fn(state, images[ix], labels[ix], jax.random.fold_in(key, i), buffer.get(ix))
-        if pending is not None:
-            buffer.put(*pending)
-        pending = (ix, d)
-        losses.append(m["loss"])
-        accs.append(m["acc"])
-        if bar is not None:
-            bar.update(1)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['acc']):.3f}")
-    if pending is not None:
-        buffer.put(*pending)
-    if bar is not None:
-        bar.close()
-    loss = float(np.mean(jax.device_get(losses)))
-    acc = float(np.mean(jax.device_get(accs)))
-    return state, {"loss": loss, "acc": acc, "seconds": time.perf_counter() - t0}
+    def one(st, i, ix):
+        st, m, d = step_fn(st, images[ix], labels[ix], jax.random.fold_in(key, i), buffer.get(ix))
+        if pending:
+            buffer.put(*pending.pop())
+        pending.append((ix, d))
+        return st, m
+
+    state, stats = _train.run_batches(state, idx, one, progress=progress, desc=desc)
+    if pending:
+        buffer.put(*pending.pop())
+    return state, stats
 
 
 # ----------------------------------------------------------------------------- automatic buffers

@@ -45,7 +45,6 @@ Mixed precision is orthogonal: build the model with ``dtype=jnp.bfloat16`` (see
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -355,51 +354,18 @@ def evaluate(
     Returns {'acc', 'adv_acc' (None without attack), 'n'}.  Single process: on a multi-host
     run, evaluate each host's share on ``make_mesh(jax.local_devices())`` and add the counts.
     """
-    from jsemi.train import to_unit_float
-    from jsemi.validation import check_images, check_labels
+    from jsemi.train import check_eval_data, correctness_fns, count_correct
 
     mesh = _default_mesh(mesh)
     if _multiprocess(mesh):
         raise ValueError("sharding.evaluate runs on one process: pass mesh=make_mesh(jax.local_devices()) "
                          "on each host and add the hosts' counts")
-    labels = np.asarray(labels)
-    check_labels(labels, None, "labels", batch=images.shape[0])
-    if images.shape[0] == 0:
-        raise ValueError("evaluate: empty dataset")
-    if images.dtype != np.uint8:
-        check_images(images, "images")
+    labels = check_eval_data(images, labels, None)
     bs = min(batch_size, images.shape[0])
     m = _local_multiple(mesh)
-    bs_padded = -(-bs // m) * m
-
-    def clean_correct(v, x, y):
-        x = to_unit_float(x)
-        return jnp.argmax(model.apply(v, x, train=False), -1) == y
-
-    def adv_correct(v, x, y, k):
-        x = to_unit_float(x)
-        lf = lambda z: model.apply(v, z, train=False)
-        xa = attack(lf, x, y, k)
-        return jnp.argmax(lf(xa), -1) == y
-
-    clean_fn = data_parallel(clean_correct, mesh, batch_argnums=(1, 2), pad=False)
-    adv_fn = data_parallel(adv_correct, mesh, batch_argnums=(1, 2), pad=False) if attack is not None else None
-    variables = replicate(variables, mesh)
-
-    n_batches = math.ceil(images.shape[0] / bs)
-    it = range(n_batches)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=desc, leave=False)
-    clean, adv = 0, 0
-    for b in it:
-        xb, yb = images[b * bs:(b + 1) * bs], labels[b * bs:(b + 1) * bs]
-        n = xb.shape[0]
-        if n != bs_padded:  # one compiled shape: pad to bs rounded up to the device count
-            (xb, yb), _ = pad_to_multiple([xb, yb], bs_padded)
-        clean += int(np.sum(np.asarray(jax.device_get(clean_fn(variables, xb, yb)))[:n]))
-        if adv_fn is not None:
-            adv += int(np.sum(np.asarray(jax.device_get(adv_fn(variables, xb, yb, jax.random.fold_in(key, b))))[:n]))
-    total = images.shape[0]
-    return {"acc": clean / total, "adv_acc": (adv / total) if attack is not None else None, "n": total}
+    clean, adv = correctness_fns(model, attack)
+    clean_fn = data_parallel(clean, mesh, batch_argnums=(1, 2), pad=False)
+    adv_fn = data_parallel(adv, mesh, batch_argnums=(1, 2), pad=False) if adv is not None else None
+    # one compiled shape: each batch padded to bs rounded up to the device count
+    return count_correct(clean_fn, adv_fn, replicate(variables, mesh), images, labels, key, batch_size=bs,
+                         padded_size=-(-bs // m) * m, progress=progress, desc=desc)

@@ -362,6 +362,60 @@ def _pad_batch(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, np.
     return np.concatenate([x, np.repeat(x[-1:], reps, 0)]), np.concatenate([y, np.repeat(y[-1:], reps, 0)]), n
 
 
+def correctness_fns(model: nn.Module, attack: Callable | None) -> tuple[Callable, Callable | None]:
+    """Un-jitted ``clean(variables, x, y)`` and ``adv(variables, x, y, key)`` (None without attack):
+    per-example correctness (B,) bool of the inference-mode model, x uint8 or float in [0, 1]."""
+
+    def clean_correct(v, x, y):
+        x = to_unit_float(x)
+        return jnp.argmax(model.apply(v, x, train=False), -1) == y
+
+    def adv_correct(v, x, y, k):
+        x = to_unit_float(x)
+        lf = lambda z: model.apply(v, z, train=False)
+        xa = attack(lf, x, y, k)
+        return jnp.argmax(lf(xa), -1) == y
+
+    return clean_correct, (adv_correct if attack is not None else None)
+
+
+def check_eval_data(images: np.ndarray, labels, num_classes: int | None) -> np.ndarray:
+    """Validates an evaluation set (non-empty, images uint8 or float in [0, 1], labels in
+    range); returns the labels as a NumPy array."""
+    labels = np.asarray(labels)
+    check_labels(labels, num_classes, "labels", batch=images.shape[0])
+    if images.shape[0] == 0:
+        raise ValueError("evaluate: empty dataset")
+    if images.dtype != np.uint8:
+        from jsemi.validation import check_images
+
+        check_images(images, "images")
+    return labels
+
+
+def count_correct(clean_fn: Callable, adv_fn: Callable | None, variables, images: np.ndarray, labels: np.ndarray,
+                  key: jax.Array, *, batch_size: int, padded_size: int, progress: bool = False,
+                  desc: str = "eval") -> dict:
+    """Host loop of :func:`evaluate`: batches of ``batch_size`` padded to ``padded_size`` (one
+    compiled shape), attack key ``fold_in(key, b)`` for batch b.  Returns {'acc', 'adv_acc'
+    (None without ``adv_fn``), 'n'}, accuracies in [0, 1]."""
+    n_batches = math.ceil(images.shape[0] / batch_size)
+    it = range(n_batches)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=desc, leave=False)
+    clean, adv = 0, 0
+    for b in it:
+        sl = slice(b * batch_size, (b + 1) * batch_size)
+        xb, yb, n = _pad_batch(images[sl], labels[sl], padded_size)
+        clean += int(np.sum(np.asarray(jax.device_get(clean_fn(variables, xb, yb)))[:n]))
+        if adv_fn is not None:
+            adv += int(np.sum(np.asarray(jax.device_get(adv_fn(variables, xb, yb, jax.random.fold_in(key, b))))[:n]))
+    total = images.shape[0]
+    return {"acc": clean / total, "adv_acc": (adv / total) if adv_fn is not None else None, "n": total}
+
+
 def evaluate(
     model: nn.Module,
     variables: dict,
@@ -378,44 +432,14 @@ def evaluate(
     Returns {'acc': clean accuracy, 'adv_acc': attacked accuracy or None, 'n': images}.
     Batches are padded to one shape so each function compiles once.
     """
-    labels = np.asarray(labels)
     out = jax.eval_shape(lambda v, z: model.apply(v, z, train=False), variables,
                          jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32))
-    check_labels(labels, int(out.shape[-1]), "labels", batch=images.shape[0])
-    if images.shape[0] == 0:
-        raise ValueError("evaluate: empty dataset")
-    if images.dtype != np.uint8:
-        from jsemi.validation import check_images
-
-        check_images(images, "images")
+    labels = check_eval_data(images, labels, int(out.shape[-1]))
     bs = min(batch_size, images.shape[0])
-
-    @jax.jit
-    def clean_correct(x, y):
-        x = to_unit_float(x)
-        return jnp.argmax(model.apply(variables, x, train=False), -1) == y
-
-    @jax.jit
-    def adv_correct(x, y, k):
-        x = to_unit_float(x)
-        lf = lambda z: model.apply(variables, z, train=False)
-        xa = attack(lf, x, y, k)
-        return jnp.argmax(lf(xa), -1) == y
-
-    n_batches = math.ceil(images.shape[0] / bs)
-    it = range(n_batches)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=desc, leave=False)
-    clean, adv = 0, 0
-    for b in it:
-        xb, yb, n = _pad_batch(images[b * bs:(b + 1) * bs], labels[b * bs:(b + 1) * bs], bs)
-        clean += int(np.sum(np.asarray(clean_correct(xb, yb))[:n]))
-        if attack is not None:
-            adv += int(np.sum(np.asarray(adv_correct(xb, yb, jax.random.fold_in(key, b)))[:n]))
-    total = images.shape[0]
-    return {"acc": clean / total, "adv_acc": (adv / total) if attack is not None else None, "n": total}
+    clean_fn, adv_fn = correctness_fns(model, attack)
+    adv_fn = jax.jit(adv_fn) if adv_fn is not None else None
+    return count_correct(jax.jit(clean_fn), adv_fn, variables, images, labels, key,
+                         batch_size=bs, padded_size=bs, progress=progress, desc=desc)
 
 
 # ----------------------------------------------------------------------------- epoch loop
@@ -455,7 +479,18 @@ def train_epoch(
         return runner(state, step_fn, images, labels, key, batch_size=batch_size, seed=seed, epoch=epoch,
                       progress=progress, desc=desc)
     idx = batch_indices(images.shape[0], batch_size, seed, epoch)
-    it = enumerate(idx)
+    one = lambda st, i, ix: step_fn(st, images[ix], labels[ix], jax.random.fold_in(key, i))
+    return run_batches(state, idx, one, progress=progress, desc=desc)
+
+
+def run_batches(state, idx: Sequence[np.ndarray], one_batch: Callable, *, progress: bool = False,
+                desc: str = "train") -> tuple[Any, dict]:
+    """Threads ``state`` through ``one_batch(state, i, ix) -> (state, metrics)`` for each batch ``ix``.
+
+    Returns the final state and {"loss", "acc": means over batches of the step's metrics,
+    "seconds": wall time}; device values are fetched once, at the end.  With ``progress``
+    a tqdm bar shows the batches and, every 10th, the current loss and accuracy.
+    """
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -463,8 +498,8 @@ def train_epoch(
         bar = tqdm(total=len(idx), desc=desc, leave=False)
     t0 = time.perf_counter()
     losses, accs = [], []
-    for i, ix in it:
-        state, m = step_fn(state, images[ix], labels[ix], jax.random.fold_in(key, i))
+    for i, ix in enumerate(idx):
+        state, m = one_batch(state, i, ix)
         losses.append(m["loss"])
         accs.append(m["acc"])
         if bar is not None:

@@ -161,3 +161,53 @@ def run_spec(cache_key, build, ctx):
         if done is not None and i < spec.n and bool(done(state)):
             break
     return final(ctx, state)
+
+
+# ----------------------------------------------------------------------------- host-side worst case
+
+
+def remaining_bucket(n: int, full: int) -> int:
+    """Padded size for n remaining points: 16, 32, 64, then multiples of 32 (at most ``full``).
+    Each size is one compilation per attack; finer sizes waste less compute on padding."""
+    if n > full:
+        return n
+    b = 16
+    while b < n and b < 64:
+        b *= 2
+    if n > 64:
+        b = -(-n // 32) * 32
+    return min(b, full)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def fooled_and_margin(logits_fn, x, y):
+    """(misclassified (B,) bool, margin (B,) logit units) of ``logits_fn`` at ``x``."""
+    from jsemi.attacks import losses
+
+    logits = logits_fn(x)
+    return jnp.argmax(logits, 1) != y, losses.margin(logits, y)
+
+
+def attack_remaining(attack, logits_fn, x_np: np.ndarray, y_np: np.ndarray, key, robust: np.ndarray,
+                     best: np.ndarray, m_best: np.ndarray) -> None:
+    """Runs ``attack(xs, ys, key)`` on the points of ``x_np`` still marked ``robust`` and merges the result.
+
+    The remaining points are gathered on the host and padded (with copies of the first) to
+    :func:`remaining_bucket`, as in the reference AutoAttack.  In place, per point attacked:
+    ``best``/``m_best`` take the attack's output when it fools the model or lowers the margin,
+    and ``robust`` turns False where it fools the model.  Nothing is run when no point remains.
+    """
+    ids = np.nonzero(robust)[0]
+    if not ids.size:
+        return
+    size = remaining_bucket(ids.size, x_np.shape[0])
+    ids_p = np.concatenate([ids, np.full(size - ids.size, ids[0])])
+    xs, ys = jnp.asarray(x_np[ids_p]), jnp.asarray(y_np[ids_p])
+    xa = attack(xs, ys, key)
+    fooled, m = fooled_and_margin(logits_fn, xa, ys)
+    fooled, m = np.asarray(fooled)[: ids.size], np.asarray(m)[: ids.size]
+    xa = np.asarray(xa)[: ids.size]
+    upd = fooled | (m < m_best[ids])
+    best[ids[upd]] = xa[upd]
+    m_best[ids[upd]] = m[upd]
+    robust[ids[fooled]] = False

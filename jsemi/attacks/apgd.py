@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsemi.attacks import losses as L
-from jsemi.attacks._common import bcast, check_setting_positive_int, is_traced, run_spec, select, Spec, validate
+from jsemi.attacks._common import (
+    attack_remaining, bcast, check_setting_positive_int, fooled_and_margin, is_traced, run_spec, select, Spec, validate,
+)
 from jsemi.attacks.pgd import input_grad
 from jsemi.attacks.threat import LinfBall
 
@@ -216,22 +218,6 @@ def apgd_t(logits_fn, x, y, key, threat, *, n_iter=100, n_targets=None, restarts
     return sequential_targets(run, logits_fn, x, y, key, threat, n_targets, restarts)
 
 
-def _bucket(n: int, full: int) -> int:
-    """Padded size for n remaining points: 16, 32, 64, then multiples of 32 (at most full).
-    Each size is one compilation per attack; finer sizes waste less compute on padding."""
-    if n > full:
-        return n
-    b = 16
-    while b < n and b < 64:
-        b *= 2
-    if n > 64:
-        b = -(-n // 32) * 32
-    return min(b, full)
-
-
-_pred_margin = jax.jit(lambda f, x, y: (jnp.argmax(f(x), 1) != y, L.margin(f(x), y)), static_argnums=0)
-
-
 def sequential_targets(run, logits_fn, x, y, key, threat, n_targets, restarts):
     """Runs ``run(x, y, key, target_rank, restart)`` for target ranks 1..n_targets.
 
@@ -254,26 +240,13 @@ def sequential_targets(run, logits_fn, x, y, key, threat, n_targets, restarts):
         return best
     x = jnp.asarray(x)
     y = jnp.asarray(y)
-    b = x.shape[0]
-    fooled0, m0 = _pred_margin(logits_fn, x, y)
+    fooled0, m0 = fooled_and_margin(logits_fn, x, y)
     robust = ~np.asarray(fooled0)
     x_np, y_np = np.array(x), np.asarray(y)
     best = x_np.copy()
     m_best = np.asarray(m0).copy()
     for t in range(1, n_targets + 1):
         for r in range(restarts):
-            ids = np.nonzero(robust)[0]
-            if not ids.size:
-                return jnp.asarray(best)
-            size = _bucket(ids.size, b)
-            ids_p = np.concatenate([ids, np.full(size - ids.size, ids[0])])
-            xs, ys = jnp.asarray(x_np[ids_p]), jnp.asarray(y_np[ids_p])
-            xa = run(xs, ys, jax.random.fold_in(key, t * 1000 + r), t, r)
-            fooled, m = _pred_margin(logits_fn, xa, ys)
-            fooled, m = np.asarray(fooled)[: ids.size], np.asarray(m)[: ids.size]
-            xa = np.asarray(xa)[: ids.size]
-            upd = fooled | (m < m_best[ids])
-            best[ids[upd]] = xa[upd]
-            m_best[ids[upd]] = m[upd]
-            robust[ids[fooled]] = False
+            attack_remaining(lambda xs, ys, kr: run(xs, ys, kr, t, r), logits_fn, x_np, y_np,
+                             jax.random.fold_in(key, t * 1000 + r), robust, best, m_best)
     return jnp.asarray(best)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsemi.attacks import losses as L
-from jsemi.attacks._common import is_traced, select, validate
+from jsemi.attacks._common import attack_remaining, fooled_and_margin, is_traced, select, validate
 from jsemi.attacks.apgd import apgd, apgd_t
 from jsemi.attacks.cw import cw_l2
 from jsemi.attacks.fab import fab_t
@@ -80,22 +80,6 @@ def _make(name, n_iter, n_targets, n_queries):
     raise ValueError(name)
 
 
-_pred_margin = jax.jit(lambda f, x, y: (jnp.argmax(f(x), 1) != y, L.margin(f(x), y)), static_argnums=0)
-
-
-def _bucket(n: int, full: int) -> int:
-    """Padded size for n remaining points: 16, 32, 64, then multiples of 32 (at most full).
-    Each size is one compilation per attack; finer sizes waste less compute on padding."""
-    if n > full:
-        return n
-    b = 16
-    while b < n and b < 64:
-        b *= 2
-    if n > 64:
-        b = -(-n // 32) * 32
-    return min(b, full)
-
-
 def autoattack(logits_fn, x, y, key, threat, *, version="standard", attacks=None, n_iter=100, n_targets=None,
                n_queries=5000, return_info=False):
     """Runs the AutoAttack composition; returns x_adv, or (x_adv, info) with
@@ -108,8 +92,7 @@ def autoattack(logits_fn, x, y, key, threat, *, version="standard", attacks=None
         return _autoattack_traced(logits_fn, x, y, key, threat, names, fns, return_info)
     x = jnp.asarray(x)
     y = jnp.asarray(y)
-    b = x.shape[0]
-    fooled0, m0 = _pred_margin(logits_fn, x, y)
+    fooled0, m0 = fooled_and_margin(logits_fn, x, y)
     robust = ~np.asarray(fooled0)
     clean_acc = float(robust.mean())
     x_np = np.array(x)
@@ -118,20 +101,8 @@ def autoattack(logits_fn, x, y, key, threat, *, version="standard", attacks=None
     m_best = np.asarray(m0).copy()
     after = {}
     for j, (name, fn) in enumerate(zip(names, fns)):
-        ids = np.nonzero(robust)[0]
-        if ids.size:
-            size = _bucket(ids.size, b)
-            ids_p = np.concatenate([ids, np.full(size - ids.size, ids[0])])
-            xs, ys = jnp.asarray(x_np[ids_p]), jnp.asarray(y_np[ids_p])
-            xa = fn(logits_fn, xs, ys, jax.random.fold_in(key, j), threat)
-            fooled, m = _pred_margin(logits_fn, xa, ys)
-            fooled = np.asarray(fooled)[: ids.size]
-            m = np.asarray(m)[: ids.size]
-            xa = np.asarray(xa)[: ids.size]
-            upd = fooled | (m < m_best[ids])
-            x_adv[ids[upd]] = xa[upd]
-            m_best[ids[upd]] = m[upd]
-            robust[ids[fooled]] = False
+        attack_remaining(lambda xs, ys, kr: fn(logits_fn, xs, ys, kr, threat), logits_fn, x_np, y_np,
+                         jax.random.fold_in(key, j), robust, x_adv, m_best)
         after[name] = float(robust.mean())
     out = jnp.asarray(x_adv)
     if return_info:
