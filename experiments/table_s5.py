@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -180,14 +179,9 @@ def _jsonable_row(r: dict) -> dict:
 
 def table_markdown(rows) -> str:
     """Method, # fb, Acc*, Acc~, Diff, # Epochs, wall times, rho columns (accuracies in %, rho in bits)."""
-    from jsemi.report import pct, pm
+    from jsemi.report import pct, pm, rho_column_labels
 
-    labels: list[str] = []
-    for r in rows:
-        for lab in r["rho_columns"]:
-            if lab not in labels:
-                labels.append(lab)
-    labels.sort(key=lambda s: 0 if s == "rho_n" else int(s.split("-")[1].rstrip("}")))
+    labels = rho_column_labels(rows)
     head = ["Method", "# fb", "Acc*", "Acc~", "Diff", "# Epochs", "fine-tune wall [s]", "robust pretrain [s]"]
     head += [f"{lab} [bits]" for lab in labels]
     lines = ["| " + " | ".join(head) + " |", "|:---|" + "|".join(["---:"] * (len(head) - 1)) + "|"]

@@ -125,14 +125,15 @@ def summarize(trials: Sequence[Mapping], estimator: str | None = None) -> dict:
     return row
 
 
+def rho_column_labels(rows: Sequence[Mapping]) -> list[str]:
+    """Every rho column label of ``rows`` ("rho_n", "rho_{n-3}", ...), the last pair first."""
+    labels = {lab for r in rows for lab in r["rho_columns"]}
+    return sorted(labels, key=lambda s: 0 if s == "rho_n" else int(s.split("-")[1].rstrip("}")))
+
+
 def table_markdown(rows: Sequence[Mapping], title: str | None = None) -> str:
     """The paper's table layout (accuracies in percent, rho in bits)."""
-    labels: list[str] = []
-    for r in rows:
-        for lab in r["rho_columns"]:
-            if lab not in labels:
-                labels.append(lab)
-    labels.sort(key=lambda s: 0 if s == "rho_n" else int(s.split("-")[1].rstrip("}")))
+    labels = rho_column_labels(rows)
     head = ["Net", "Dataset", "# fb", "Acc", "Acc*", "Acc_sr", "Acc~", "Diff", "# Epochs"] + [f"{lab} [bits]" for lab in labels]
     lines = [f"**{title}**", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join([":---", ":---"] + ["---:"] * (len(head) - 2)) + "|"]
