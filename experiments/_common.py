@@ -9,12 +9,12 @@ Directory layout under an experiment's output directory OUT::
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -23,6 +23,24 @@ if str(HERE) not in sys.path:
 import numpy as np  # noqa: E402
 
 from configs import Experiment, get_experiment  # noqa: E402,F401
+
+
+def experiment_parser(doc: str, *, out_default: str | None = None, alg1: bool = False) -> argparse.ArgumentParser:
+    """The scripts' common options: --experiment, --out, --data-dir, --no-progress; with
+    ``alg1`` also the Algorithm 1 row options --fb, --trials and --vmap."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--experiment", default="cpu", help="a name from experiments/configs.py or a JSON file")
+    if out_default is None:
+        ap.add_argument("--out", required=True)
+    else:
+        ap.add_argument("--out", default=out_default)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    if alg1:
+        ap.add_argument("--fb", type=int, nargs="+", default=None, help="# fb values (default: the experiment's)")
+        ap.add_argument("--trials", type=int, default=None, help="trials per row (default: the experiment's)")
+        ap.add_argument("--vmap", type=int, default=None, help="trials trained at once in one vmapped program")
+    return ap
 
 
 def log(msg: str) -> None:

@@ -11,27 +11,19 @@ beside the nulls, the per-trial details, the claim check and the figures.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import alg1_data, load_data, log, pretrain_pair, run_rows  # noqa: E402
+from _common import experiment_parser, alg1_data, load_data, log, pretrain_pair, run_rows  # noqa: E402
 from configs import get_experiment  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--experiment", default="cpu")
-    ap.add_argument("--out", required=True)
+    ap = experiment_parser(__doc__, alg1=True)
     ap.add_argument("--attack", default=None, help="evaluation attack (default: the experiment's)")
-    ap.add_argument("--fb", type=int, nargs="+", default=None, help="# fb values (default: the experiment's)")
     ap.add_argument("--k", type=float, default=None)
-    ap.add_argument("--trials", type=int, default=None)
-    ap.add_argument("--vmap", type=int, default=None)
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     exp = get_experiment(args.experiment)
     out = Path(args.out)

@@ -9,26 +9,21 @@ Uses the robust network of OUT/pretrain (trained first if missing) and
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_data, log, pretrain_pair, subset  # noqa: E402
+from _common import experiment_parser, load_data, log, pretrain_pair, subset  # noqa: E402
 from configs import get_experiment  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--experiment", default="cpu")
-    ap.add_argument("--out", required=True)
+    ap = experiment_parser(__doc__)
     ap.add_argument("--attacks", nargs="+", default=None, help="default: every attack of the experiment")
     ap.add_argument("--split-points", type=int, nargs="+", default=None)
     ap.add_argument("--examples", type=int, default=None)
     ap.add_argument("--holdout", type=float, default=0.2)
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     import jax
 

@@ -20,7 +20,6 @@ Usage: ``python experiments/demo.py --out runs/demo [--data-dir DIR] [--experime
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import Stages, alg1_data, load_data, log, pretrain_pair, row_dir, run_rows, subset  # noqa: E402
+from _common import experiment_parser, Stages, alg1_data, load_data, log, pretrain_pair, row_dir, run_rows, subset  # noqa: E402
 from configs import Experiment, get_experiment  # noqa: E402
 
 
@@ -348,11 +347,7 @@ def run_demo(exp: Experiment, out: str | Path, *, data_dir: str | None = None, p
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--experiment", default="cpu", help="a name from experiments/configs.py or a JSON file")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--no-progress", action="store_true")
+    ap = experiment_parser(__doc__, out_default="runs/demo")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     run_demo(get_experiment(args.experiment), args.out, data_dir=args.data_dir, progress=not args.no_progress)

@@ -10,24 +10,19 @@ history.json); rerunning continues an interrupted run and does nothing for a fin
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Stages, load_data, log, pretrain_pair  # noqa: E402
+from _common import experiment_parser, Stages, load_data, log, pretrain_pair  # noqa: E402
 from configs import get_experiment  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--experiment", default="cpu")
-    ap.add_argument("--out", required=True)
+    ap = experiment_parser(__doc__)
     ap.add_argument("--seed", type=int, default=None, help="pretraining seed (default: the experiment's)")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     exp = get_experiment(args.experiment)
     out = Path(args.out)

@@ -14,13 +14,12 @@ finished rows are reused.  Output: OUT/sweeps/<name>.png and <name>.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import alg1_data, load_data, log, pretrain_pair, run_rows  # noqa: E402
+from _common import experiment_parser, alg1_data, load_data, log, pretrain_pair, run_rows  # noqa: E402
 from configs import get_experiment  # noqa: E402
 
 
@@ -55,7 +54,7 @@ def sweep_k(exp, out: Path, args) -> Path:
     png = report.plot_rho_vs_k(rows, out / "sweeps" / f"rho_vs_k_fb{fb}.png")
     (out / "sweeps" / f"rho_vs_k_fb{fb}.md").write_text(
         f"# rho against k, # fb {fb} ({exp.name})\n\n" + report.table_markdown(rows)
-        + "\nk of each row (same order): " + ", ".join(f"{r['k']:g}" for r in rows) + "\n\n"
+        + "\n"
         + report.rho_table_markdown(rows) + f"\n![rho vs k]({png.name})\n")
     return png
 
@@ -84,17 +83,10 @@ def sweep_models(exp, out: Path, args) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = experiment_parser(__doc__, alg1=True)
     ap.add_argument("sweep", choices=("layers", "k", "models"))
-    ap.add_argument("--experiment", default="cpu")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--fb", type=int, nargs="+", default=None)
     ap.add_argument("--k-values", type=float, nargs="+", default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
-    ap.add_argument("--trials", type=int, default=None)
-    ap.add_argument("--vmap", type=int, default=None)
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     exp = get_experiment(args.experiment)
     fn = {"layers": sweep_layers, "k": sweep_k, "models": sweep_models}[args.sweep]

@@ -30,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import alg1_data, load_data, log, subset  # noqa: E402
+from _common import alg1_data, experiment_parser, load_data, log, subset  # noqa: E402
 from configs import Experiment, PretrainSpec, get_experiment  # noqa: E402
 
 METHODS = ("pgd", "trades", "atta", "atta_trades")
@@ -212,9 +211,7 @@ def _settings_md(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--experiment", default="cpu", help="a name from experiments/configs.py or a JSON file")
-    ap.add_argument("--out", default="runs/table_s5")
+    ap = experiment_parser(__doc__, out_default="runs/table_s5")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--fb", default=None, help="comma-separated # fb values (default: the experiment's)")
     ap.add_argument("--trials", type=int, default=None)
@@ -223,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared-robust", action="store_true", help="one PGD-trained robust network for every method")
     ap.add_argument("--no-measure", action="store_true", help="skip rho / gamma (no rho columns)")
     ap.add_argument("--tiny", action="store_true", help="seconds-scale check on scikit-learn digits")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     exp = get_experiment(args.experiment)
     if args.tiny:

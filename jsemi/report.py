@@ -131,17 +131,29 @@ def rho_column_labels(rows: Sequence[Mapping]) -> list[str]:
     return sorted(labels, key=lambda s: 0 if s == "rho_n" else int(s.split("-")[1].rstrip("}")))
 
 
+def _varies_in_k(rows: Sequence[Mapping]) -> bool:
+    return len({r.get("k") for r in rows}) > 1
+
+
+def _k_cell(r: Mapping) -> str:
+    return "-" if r.get("k") is None else f"{float(r['k']):g}"
+
+
 def table_markdown(rows: Sequence[Mapping], title: str | None = None) -> str:
-    """The paper's table layout (accuracies in percent, rho in bits)."""
+    """The paper's table layout (accuracies in percent, rho in bits); rows that differ in k
+    (the k sweep) get a "k" column [accuracy points] after "# fb"."""
     labels = rho_column_labels(rows)
-    head = ["Net", "Dataset", "# fb", "Acc", "Acc*", "Acc_sr", "Acc~", "Diff", "# Epochs"] + [f"{lab} [bits]" for lab in labels]
+    show_k = _varies_in_k(rows)
+    head = (["Net", "Dataset", "# fb"] + (["k"] if show_k else []) + ["Acc", "Acc*", "Acc_sr", "Acc~", "Diff", "# Epochs"]
+            + [f"{lab} [bits]" for lab in labels])
     lines = [f"**{title}**", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join([":---", ":---"] + ["---:"] * (len(head) - 2)) + "|"]
     for r in rows:
         ep = r["epochs"]
         epochs = "-" if ep[0] is None else pm(ep[0], ep[1], 1.0, 1)
-        cells = [str(r["net"]), str(r["dataset"]), str(r["num_fb"]), pct(r["acc"]), pct(r["acc_star"]),
-                 pm(*r["acc_sr"], 100), pm(*r["acc_tilde"], 100), pm(*r["diff"], 100), epochs]
+        cells = [str(r["net"]), str(r["dataset"]), str(r["num_fb"])] + ([_k_cell(r)] if show_k else [])
+        cells += [pct(r["acc"]), pct(r["acc_star"]), pm(*r["acc_sr"], 100), pm(*r["acc_tilde"], 100), pm(*r["diff"], 100),
+                  epochs]
         cells += [("-" if r["rho_columns"].get(lab) is None else f"{r['rho_columns'][lab]:.3f}") for lab in labels]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -149,12 +161,15 @@ def table_markdown(rows: Sequence[Mapping], title: str | None = None) -> str:
 
 def rho_table_markdown(rows: Sequence[Mapping]) -> str:
     """Every rho_j (mean ± std over trials) beside its permutation null, the excess and the p-value."""
-    lines = ["| # fb | pair (j-1, j) | column | rho_j [bits] | null [bits] | excess [bits] | p-value (median / max) "
-             "| table value [bits] |", "|---:|:---|:---|---:|---:|---:|---:|---:|"]
+    show_k = _varies_in_k(rows)
+    lines = ["| # fb |" + (" k |" if show_k else "") + " pair (j-1, j) | column | rho_j [bits] | null [bits] "
+             "| excess [bits] | p-value (median / max) | table value [bits] |",
+             "|---:|" + ("---:|" if show_k else "") + ":---|:---|---:|---:|---:|---:|---:|"]
     for r in rows:
         for j, e in sorted(r["rho_pairs"].items(), reverse=True):
             p = "-" if e["p_value_median"] is None else f"{e['p_value_median']:.3f} / {e['p_value_max']:.3f}"
-            lines.append(f"| {r['num_fb']} | ({j - 1}, {j}) | {rho_label(j, r['n'])} | {pm(*e['rho'], 1, 3)} "
+            k = f" {_k_cell(r)} |" if show_k else ""
+            lines.append(f"| {r['num_fb']} |{k} ({j - 1}, {j}) | {rho_label(j, r['n'])} | {pm(*e['rho'], 1, 3)} "
                          f"| {pm(*e['null'], 1, 3)} | {pm(*e['excess'], 1, 3)} | {p} | {e['selected']:.3f} ({e['selected_from']}) |")
     return "\n".join(lines) + "\n"
 

@@ -346,6 +346,15 @@ def test_summary_rules_and_table_layout():
     assert [c["holds"] for c in claims[:3]] == [False, False, False]
     text = R.claims_markdown(claims)
     assert text.count("NOT REPRODUCED") == 3 and "60.00" in text and "12.00 points" in text
+    # rows of a k sweep get a k column in both tables; rows of one k do not
+    row_k5 = R.summarize([dict(t, k=5.0) for t in trials])
+    md = R.table_markdown([row, row_k5]).splitlines()
+    assert md[0].startswith("| Net | Dataset | # fb | k | Acc |")
+    assert [ln.split("|")[4].strip() for ln in md[2:]] == ["0", "5"]
+    rho_md = R.rho_table_markdown([row, row_k5]).splitlines()
+    assert rho_md[0].startswith("| # fb | k | pair")
+    assert sum(ln.split("|")[2].strip() == "5" for ln in rho_md[2:]) == len(row_k5["rho_pairs"])
+    assert "| k |" not in R.rho_table_markdown([row]).splitlines()[0]
 
 
 def test_figures_are_written(tmp_path):
