@@ -121,7 +121,7 @@ def _key_name(k) -> str:
 def _check_structure(state_dir: Path, abstract: dict) -> None:
     """Compares the saved tree's paths and shapes with the target's; raises CheckpointError on mismatch."""
     try:
-        saved = ocp.StandardCheckpointer().metadata(state_dir.absolute())
+        saved = ocp.StandardCheckpointHandler().metadata(state_dir.absolute())  # the handler: no step-level lookup
         saved_tree = getattr(saved, "item_metadata", saved)
         saved_tree = getattr(saved_tree, "tree", saved_tree)
     except Exception as e:
