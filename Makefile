@@ -35,10 +35,11 @@ demo: $(STAMP) fashion-mnist
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: $(STAMP)
+# the slow suite also checks against the peers (CPU torch, torchattacks, scipy): it installs them
+test-slow: $(BENCH_STAMP)
 	$(PY) -m pytest -m slow -q
 
-test-all: $(STAMP)
+test-all: $(BENCH_STAMP)
 	$(PY) -m pytest -q
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)

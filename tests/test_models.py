@@ -283,11 +283,138 @@ def test_bfloat16_compute_float32_params_and_logits(name):
 # ----------------------------------------------------------------- parity with PyTorch (slow, needs torch)
 
 
+def _torch_reference_architectures(torch):
+    """ResNet-18/50, VGG16-BN and ViT written out in PyTorch from their papers (He et al. 2016,
+    Simonyan & Zisserman 2015 with BatchNorm, Dosovitskiy et al. 2021), with torchvision's
+    attribute names and layer order so the same weight placement serves both.  Used when
+    torchvision cannot be imported; an independent reference either way (not jsemi code)."""
+    import types
+
+    nn = torch.nn
+
+    class Basic(nn.Module):
+        expansion = 1
+
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)
+            self.downsample = None
+            if stride != 1 or cin != width:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False), nn.BatchNorm2d(width))
+
+        def forward(self, x):
+            h = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(h + (x if self.downsample is None else self.downsample(x)))
+
+    class Bottleneck(nn.Module):
+        expansion = 4
+
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            out = width * 4
+            self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out)
+            self.downsample = None
+            if stride != 1 or cin != out:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+        def forward(self, x):
+            h = torch.relu(self.bn1(self.conv1(x)))
+            h = torch.relu(self.bn2(self.conv2(h)))
+            h = self.bn3(self.conv3(h))
+            return torch.relu(h + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNet(nn.Module):
+        def __init__(self, block, counts, num_classes):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            cin, stages = 64, []
+            for i, (width, count) in enumerate(zip((64, 128, 256, 512), counts)):
+                blocks = []
+                for b in range(count):
+                    blocks.append(block(cin, width, 2 if (b == 0 and i > 0) else 1))
+                    cin = width * block.expansion
+                stages.append(nn.Sequential(*blocks))
+            self.layer1, self.layer2, self.layer3, self.layer4 = stages
+            self.fc = nn.Linear(cin, num_classes)
+
+        def forward(self, x):
+            x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    class VGG(nn.Module):
+        def __init__(self, num_classes):
+            super().__init__()
+            layers, cin = [], 3
+            for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+                if v == "M":
+                    layers.append(nn.MaxPool2d(2, 2))
+                else:
+                    layers += [nn.Conv2d(cin, v, 3, 1, 1), nn.BatchNorm2d(v), nn.ReLU()]
+                    cin = v
+            self.features = nn.Sequential(*layers)
+            self.avgpool = nn.AdaptiveAvgPool2d(7)
+            self.classifier = nn.Sequential(nn.Linear(512 * 49, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, 4096),
+                                            nn.ReLU(), nn.Dropout(), nn.Linear(4096, num_classes))
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+    class EncoderBlock(nn.Module):
+        def __init__(self, heads, dim, mlp_dim):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+            self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+            self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+            self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(0.0), nn.Linear(mlp_dim, dim),
+                                     nn.Dropout(0.0))
+
+        def forward(self, x):
+            h = self.ln_1(x)
+            x = x + self.self_attention(h, h, h, need_weights=False)[0]
+            return x + self.mlp(self.ln_2(x))
+
+    class VisionTransformer(nn.Module):
+        def __init__(self, image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, num_classes=1000):
+            super().__init__()
+            self.patch_size, self.hidden_dim = patch_size, hidden_dim
+            self.conv_proj = nn.Conv2d(3, hidden_dim, patch_size, patch_size)
+            self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
+            tokens = (image_size // patch_size) ** 2 + 1
+            self.encoder = nn.Module()
+            self.encoder.pos_embedding = nn.Parameter(torch.empty(1, tokens, hidden_dim).normal_(std=0.02))
+            self.encoder.layers = nn.Sequential(*[EncoderBlock(num_heads, hidden_dim, mlp_dim) for _ in range(num_layers)])
+            self.encoder.ln = nn.LayerNorm(hidden_dim, eps=1e-6)
+            self.heads = nn.Module()
+            self.heads.head = nn.Linear(hidden_dim, num_classes)
+
+        def forward(self, x):
+            x = self.conv_proj(x).flatten(2).transpose(1, 2)  # (N, patches, D), patches in row-major order
+            x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1) + self.encoder.pos_embedding
+            x = self.encoder.ln(self.encoder.layers(x))
+            return self.heads.head(x[:, 0])
+
+    return types.SimpleNamespace(
+        resnet18=lambda num_classes: ResNet(Basic, (2, 2, 2, 2), num_classes),
+        resnet50=lambda num_classes: ResNet(Bottleneck, (3, 4, 6, 3), num_classes),
+        vgg16_bn=lambda num_classes: VGG(num_classes),
+        VisionTransformer=VisionTransformer,
+    )
+
+
 def _torch_parity_cases():
     """(name, flax model, torch model, variables builder) for small configs; torch built on demand."""
     torch = pytest.importorskip("torch")
-    tv = pytest.importorskip("torchvision")
+    try:
+        import torchvision as tv
+    except Exception:  # absent, or a CUDA build beside a CPU torch: the test's own definitions
+        tv = None
     tnn = torch.nn
+    ref = _torch_reference_architectures(torch)
     torch.manual_seed(0)
 
     def conv_k(m):
@@ -325,7 +452,8 @@ def _torch_parity_cases():
         return model.eval()
 
     def resnet(name, bottleneck):
-        t = (tv.models.resnet50 if bottleneck else tv.models.resnet18)(num_classes=10)
+        models = tv.models if tv is not None else ref
+        t = (models.resnet50 if bottleneck else models.resnet18)(num_classes=10)
         t.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
         t.maxpool = tnn.Identity()
         randomise(t)
@@ -348,7 +476,7 @@ def _torch_parity_cases():
         return get_model(name, 10), t, v
 
     def vgg():
-        t = tv.models.vgg16_bn(num_classes=10)
+        t = (tv.models if tv is not None else ref).vgg16_bn(num_classes=10)
         t.avgpool = tnn.AdaptiveAvgPool2d(1)
         t.classifier[0] = tnn.Linear(512, 4096)
         randomise(t)
@@ -413,8 +541,10 @@ def _torch_parity_cases():
         return get_model("wrn34_10", 10, depth=depth, widen_factor=k), t, v
 
     def vit():
-        from torchvision.models.vision_transformer import VisionTransformer
-
+        if tv is not None:
+            from torchvision.models.vision_transformer import VisionTransformer
+        else:
+            VisionTransformer = ref.VisionTransformer
         kw = SMALL["vit_b"]
         t = VisionTransformer(32, 4, kw["depth"], kw["heads"], kw["dim"], kw["mlp_dim"], num_classes=10)
         randomise(t)
@@ -451,9 +581,10 @@ def _torch_parity_cases():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["alexnet", "vgg16", "resnet18", "resnet50", "wrn34_10", "vit_b"])
 def test_matches_pytorch_reference(name):
-    """Same weights, same logits as the PyTorch architectures (torchvision ResNet-18/50 with the
-    CIFAR stem, VGG16-BN with a 512-input classifier, torchvision's VisionTransformer; AlexNet
-    and the pre-activation WRN written out in torch).  Checks the layer numbering too: the
+    """Same weights, same logits as the PyTorch architectures (torchvision's ResNet-18/50 with the
+    CIFAR stem, VGG16-BN with a 512-input classifier and VisionTransformer, or, without a usable
+    torchvision, the same architectures written out in the test; AlexNet and the
+    pre-activation WRN written out in torch).  Checks the layer numbering too: the
     weights are placed by our ``Lnn_`` names.  Eval mode, float32, on CPU."""
     torch, cases = _torch_parity_cases()
     model, tmodel, v = cases[name]()
