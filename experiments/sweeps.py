@@ -71,13 +71,12 @@ def sweep_models(exp, out: Path, args) -> Path:
         dirs = run_rows(exp, model, normal, robust, ft, ev, out, fb_values=[fb], trials=args.trials, vmap=args.vmap,
                         progress=not args.no_progress, seed_tag=seed, overrides={"seed": seed})
         r, _ = report.load_rows(dirs)
-        rows += r
+        rows += [dict(row, pretrain_seed=seed) for row in r]
         series[f"pretraining seed {seed}"] = {j: {"rho": e["rho"][0], "null": e["null"][0]}
                                               for j, e in r[0]["rho_pairs"].items()}
     png = report.plot_rho_across_models(series, out / "sweeps" / f"rho_across_models_fb{fb}.png")
     (out / "sweeps" / f"rho_across_models_fb{fb}.md").write_text(
         f"# rho across independently pretrained models, # fb {fb} ({exp.name})\n\n"
-        + "Rows in the order of the seeds " + ", ".join(str(s) for s in (args.seeds or exp.independent_seeds)) + ".\n\n"
         + report.table_markdown(rows) + "\n" + report.rho_table_markdown(rows) + f"\n![rho across models]({png.name})\n")
     return png
 

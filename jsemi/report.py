@@ -131,27 +131,32 @@ def rho_column_labels(rows: Sequence[Mapping]) -> list[str]:
     return sorted(labels, key=lambda s: 0 if s == "rho_n" else int(s.split("-")[1].rstrip("}")))
 
 
-def _varies_in_k(rows: Sequence[Mapping]) -> bool:
-    return len({r.get("k") for r in rows}) > 1
+# Columns shown only when the rows differ in them (sweeps): row key, header, cell format.
+_SWEEP_COLUMNS = (("k", "k", lambda v: f"{float(v):g}"), ("pretrain_seed", "pretraining seed", lambda v: f"{int(v)}"))
 
 
-def _k_cell(r: Mapping) -> str:
-    return "-" if r.get("k") is None else f"{float(r['k']):g}"
+def _sweep_columns(rows: Sequence[Mapping]) -> list[tuple]:
+    return [c for c in _SWEEP_COLUMNS if len({r.get(c[0]) for r in rows}) > 1]
+
+
+def _sweep_cells(r: Mapping, cols) -> list[str]:
+    return ["-" if r.get(key) is None else fmt(r[key]) for key, _, fmt in cols]
 
 
 def table_markdown(rows: Sequence[Mapping], title: str | None = None) -> str:
-    """The paper's table layout (accuracies in percent, rho in bits); rows that differ in k
-    (the k sweep) get a "k" column [accuracy points] after "# fb"."""
+    """The paper's table layout (accuracies in percent, rho in bits).  Rows that differ in k
+    (the k sweep) or in ``pretrain_seed`` (the sweep over pretrained models) get that column
+    after "# fb" (k in accuracy points)."""
     labels = rho_column_labels(rows)
-    show_k = _varies_in_k(rows)
-    head = (["Net", "Dataset", "# fb"] + (["k"] if show_k else []) + ["Acc", "Acc*", "Acc_sr", "Acc~", "Diff", "# Epochs"]
+    cols = _sweep_columns(rows)
+    head = (["Net", "Dataset", "# fb"] + [c[1] for c in cols] + ["Acc", "Acc*", "Acc_sr", "Acc~", "Diff", "# Epochs"]
             + [f"{lab} [bits]" for lab in labels])
     lines = [f"**{title}**", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join([":---", ":---"] + ["---:"] * (len(head) - 2)) + "|"]
     for r in rows:
         ep = r["epochs"]
         epochs = "-" if ep[0] is None else pm(ep[0], ep[1], 1.0, 1)
-        cells = [str(r["net"]), str(r["dataset"]), str(r["num_fb"])] + ([_k_cell(r)] if show_k else [])
+        cells = [str(r["net"]), str(r["dataset"]), str(r["num_fb"])] + _sweep_cells(r, cols)
         cells += [pct(r["acc"]), pct(r["acc_star"]), pm(*r["acc_sr"], 100), pm(*r["acc_tilde"], 100), pm(*r["diff"], 100),
                   epochs]
         cells += [("-" if r["rho_columns"].get(lab) is None else f"{r['rho_columns'][lab]:.3f}") for lab in labels]
@@ -161,14 +166,14 @@ def table_markdown(rows: Sequence[Mapping], title: str | None = None) -> str:
 
 def rho_table_markdown(rows: Sequence[Mapping]) -> str:
     """Every rho_j (mean ± std over trials) beside its permutation null, the excess and the p-value."""
-    show_k = _varies_in_k(rows)
-    lines = ["| # fb |" + (" k |" if show_k else "") + " pair (j-1, j) | column | rho_j [bits] | null [bits] "
+    cols = _sweep_columns(rows)
+    lines = ["| # fb |" + "".join(f" {c[1]} |" for c in cols) + " pair (j-1, j) | column | rho_j [bits] | null [bits] "
              "| excess [bits] | p-value (median / max) | table value [bits] |",
-             "|---:|" + ("---:|" if show_k else "") + ":---|:---|---:|---:|---:|---:|---:|"]
+             "|---:|" + "---:|" * len(cols) + ":---|:---|---:|---:|---:|---:|---:|"]
     for r in rows:
         for j, e in sorted(r["rho_pairs"].items(), reverse=True):
             p = "-" if e["p_value_median"] is None else f"{e['p_value_median']:.3f} / {e['p_value_max']:.3f}"
-            k = f" {_k_cell(r)} |" if show_k else ""
+            k = "".join(f" {c} |" for c in _sweep_cells(r, cols))
             lines.append(f"| {r['num_fb']} |{k} ({j - 1}, {j}) | {rho_label(j, r['n'])} | {pm(*e['rho'], 1, 3)} "
                          f"| {pm(*e['null'], 1, 3)} | {pm(*e['excess'], 1, 3)} | {p} | {e['selected']:.3f} ({e['selected_from']}) |")
     return "\n".join(lines) + "\n"

@@ -355,6 +355,12 @@ def test_summary_rules_and_table_layout():
     assert rho_md[0].startswith("| # fb | k | pair")
     assert sum(ln.split("|")[2].strip() == "5" for ln in rho_md[2:]) == len(row_k5["rho_pairs"])
     assert "| k |" not in R.rho_table_markdown([row]).splitlines()[0]
+    # rows of independently pretrained pairs get a pretraining-seed column
+    seeds = [dict(row, pretrain_seed=0), dict(row, pretrain_seed=3)]
+    md = R.table_markdown(seeds).splitlines()
+    assert md[0].startswith("| Net | Dataset | # fb | pretraining seed | Acc |")
+    assert [ln.split("|")[4].strip() for ln in md[2:]] == ["0", "3"]
+    assert R.rho_table_markdown(seeds).splitlines()[0].startswith("| # fb | pretraining seed | pair")
 
 
 def test_figures_are_written(tmp_path):
