@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jsemi.attacks import losses
 from jsemi.attacks.threat import as_threat
 from jsemi.validation import check_images, check_labels
 
@@ -182,8 +183,6 @@ def remaining_bucket(n: int, full: int) -> int:
 @functools.partial(jax.jit, static_argnums=0)
 def fooled_and_margin(logits_fn, x, y):
     """(misclassified (B,) bool, margin (B,) logit units) of ``logits_fn`` at ``x``."""
-    from jsemi.attacks import losses
-
     logits = logits_fn(x)
     return jnp.argmax(logits, 1) != y, losses.margin(logits, y)
 
