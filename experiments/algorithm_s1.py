@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import jax
 
-    from jsemi.algorithms import _float_images, make_threat
+    from jsemi.algorithms import _float_images
+    from jsemi.attacks import make_threat
     from jsemi.estimators.linear import algorithm_s1_sweep, s1_markdown
     from jsemi.runs import write_json_atomic
 

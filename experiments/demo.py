@@ -35,7 +35,8 @@ from configs import Experiment, get_experiment  # noqa: E402
 
 def pretrained_accuracy(exp: Experiment, model, normal, robust, test, out: Path) -> dict:
     """Clean and PGD-20 accuracy of both pretrained networks on ``pretrain_eval_subset`` test images."""
-    from jsemi.algorithms import AttackedAccuracy, bind_eval_attack, make_threat
+    from jsemi.algorithms import AttackedAccuracy, bind_eval_attack
+    from jsemi.attacks import make_threat
     from jsemi.runs import read_json, write_json_atomic
 
     path = out / "pretrained_accuracy.json"
@@ -61,7 +62,8 @@ def pretrained_accuracy(exp: Experiment, model, normal, robust, test, out: Path)
 
 def bound_stage(exp: Experiment, model, robust, test, train, out: Path) -> dict:
     """gamma of every layer, rho of every pair (with nulls) and Theorems 2/3 of the robust network."""
-    from jsemi.algorithms import _float_images, make_threat
+    from jsemi.algorithms import _float_images
+    from jsemi.attacks import make_threat
     from jsemi.estimators.bounds import bound_report
     from jsemi.estimators.network import adversarial_examples, layer_sensitivities, network_rhos
     from jsemi.estimators.semirobust import layer_gammas
@@ -122,7 +124,8 @@ def bound_stage(exp: Experiment, model, robust, test, train, out: Path) -> dict:
 
 def s1_stage(exp: Experiment, model, robust, test, out: Path) -> dict:
     """Algorithm S1 at the experiment's split points, on clean and PGD-attacked test images."""
-    from jsemi.algorithms import _float_images, make_threat
+    from jsemi.algorithms import _float_images
+    from jsemi.attacks import make_threat
     from jsemi.estimators.linear import algorithm_s1_sweep, s1_markdown
     from jsemi.runs import read_json, write_json_atomic
 

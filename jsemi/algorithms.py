@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsemi import partition
+from jsemi.attacks.threat import make_threat
 from jsemi.runs import RunDir, canonical_json, fingerprint
 from jsemi.train import (
     TrainConfig,
@@ -237,13 +238,6 @@ def _copy_tree(tree: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- attacked accuracy
-
-
-def make_threat(norm: str, eps: float):
-    """``LinfBall(eps)`` or ``L2Ball(eps)``."""
-    from jsemi.attacks import L2Ball, LinfBall
-
-    return LinfBall(float(eps)) if norm == "linf" else L2Ball(float(eps))
 
 
 def bind_eval_attack(name: str, threat, settings: Mapping[str, Any]) -> Callable | None:

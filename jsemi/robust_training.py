@@ -81,12 +81,6 @@ __all__ = [
 # ----------------------------------------------------------------------------- helpers
 
 
-def _threat(config):
-    from jsemi.attacks import L2Ball, LinfBall
-
-    return LinfBall(config.eps) if config.attack_norm == "linf" else L2Ball(config.eps)
-
-
 def _check_config(config) -> None:
     if isinstance(config.atta_steps, bool) or not isinstance(config.atta_steps, int) or config.atta_steps < 1:
         raise ValueError(f"atta_steps must be a positive int, got {config.atta_steps!r}")
@@ -155,7 +149,7 @@ def _trades_loss_fn(forward, x, x_adv, y, beta, extra):
 
 def _trades_builder(model, config, forward, eval_vars, x, y, key, extra):
     _check_config(config)
-    threat = _threat(config)
+    threat = _train.config_threat(config)
     lf = lambda z: model.apply(eval_vars, z, train=False)
     x_adv = jax.lax.stop_gradient(
         trades_inputs(lf, x, key, threat, steps=config.attack_steps, step_size=config.attack_step_size)
@@ -187,7 +181,7 @@ def _atta_builder(model, config, forward, eval_vars, x, y, key, extra, *, trades
         )
     if extra.shape != x.shape:
         raise ValueError(f"ATTA perturbations have shape {extra.shape}, the batch {x.shape}")
-    threat = _threat(config)
+    threat = _train.config_threat(config)
     delta = extra.astype(jnp.float32)
     k_aug, _ = jax.random.split(key)
     if config.augment:  # the step left x un-augmented (self-augmenting mode)

@@ -221,10 +221,11 @@ def cross_entropy(logits: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
 
 
-def _threat(config: TrainConfig):
-    from jsemi.attacks import L2Ball, LinfBall
+def config_threat(config: TrainConfig):
+    """The training attack's threat model: ``config.attack_norm`` ball of radius ``config.eps``."""
+    from jsemi.attacks.threat import make_threat
 
-    return LinfBall(config.eps) if config.attack_norm == "linf" else L2Ball(config.eps)
+    return make_threat(config.attack_norm, config.eps)
 
 
 def adversarial_inputs(model: nn.Module, variables: dict, x, y, key, config: TrainConfig):
@@ -235,7 +236,7 @@ def adversarial_inputs(model: nn.Module, variables: dict, x, y, key, config: Tra
         return model.apply(variables, z, train=False)
 
     return pgd(
-        logits_fn, x, y, key, _threat(config),
+        logits_fn, x, y, key, config_threat(config),
         steps=config.attack_steps, step_size=config.attack_step_size, random_start=True, keep_best=False,
     )
 

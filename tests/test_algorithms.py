@@ -24,6 +24,7 @@ import pytest
 from jsemi import algorithms as A
 from jsemi import partition as P
 from jsemi import report as R
+from jsemi.attacks import make_threat
 from jsemi.data import load_dataset
 from jsemi.models import get_model, init_model
 from jsemi.runs import ConfigMismatchError, RunDir, config_hash, read_json, write_json_atomic
@@ -547,7 +548,7 @@ def test_experiment_scripts_on_tiny_experiment(tmp_path):
 def test_fixture_networks_give_a_nontrivial_acc_star(data, nets):
     tr, te = data
     model, normal, robust = nets
-    ev = A.AttackedAccuracy(model, A.bind_eval_attack("pgd", A.make_threat("linf", EPS), {"steps": 2}), 64)
+    ev = A.AttackedAccuracy(model, A.bind_eval_attack("pgd", make_threat("linf", EPS), {"steps": 2}), 64)
     acc_star = ev(robust, te.images, te.labels, jax.random.PRNGKey(0))
     acc_sr = ev(A.glue(robust, normal, 5), te.images, te.labels, jax.random.PRNGKey(0))
     assert acc_star > acc_sr + 0.1, (acc_star, acc_sr)

@@ -46,7 +46,7 @@ def test_train_resume_matches_uninterrupted(tmp_path, capsys):
 @pytest.mark.slow
 def test_killed_train_process_resumes_from_last_checkpoint(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jsemi.cli", "train", *COMMON, "--train-subset", "1024", "--epochs", "6", "--out", str(run)]
+    cmd = [sys.executable, "-m", "jsemi", "train", *COMMON, "--train-subset", "1024", "--epochs", "6", "--out", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (run / "history.json").exists():

@@ -18,7 +18,7 @@ square (L-inf), autoattack ("standard", "rand", "custom").  ``get_attack(name, t
 ``robust_accuracy_eps_grid`` a whole eps grid in one compiled call per batch.
 """
 
-from jsemi.attacks.threat import L2Ball, LinfBall, Threat, as_threat
+from jsemi.attacks.threat import L2Ball, LinfBall, Threat, as_threat, make_threat
 from jsemi.attacks import losses
 from jsemi.attacks.losses import ce, cw, dlr, dlr_targeted, margin
 from jsemi.attacks.pgd import fgsm, ifgsm, pgd
@@ -31,7 +31,7 @@ from jsemi.attacks.evaluate import robust_accuracy, robust_accuracy_eps_grid, ro
 from jsemi.attacks.registry import ATTACK_NAMES, default_threat, get_attack
 
 __all__ = [
-    "LinfBall", "L2Ball", "Threat", "as_threat",
+    "LinfBall", "L2Ball", "Threat", "as_threat", "make_threat",
     "losses", "ce", "cw", "dlr", "dlr_targeted", "margin",
     "fgsm", "ifgsm", "pgd", "apgd", "apgd_t", "cw_l2", "fab_t", "square", "autoattack", "autoattack_report",
     "robust_accuracy", "robust_accuracy_eps_grid", "robust_correct",

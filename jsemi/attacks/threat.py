@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LinfBall", "L2Ball", "Threat", "as_threat"]
+__all__ = ["LinfBall", "L2Ball", "Threat", "as_threat", "make_threat", "NORMS"]
 
 _TINY = 1e-12
 
@@ -161,3 +161,15 @@ def as_threat(threat) -> Threat:
         "threat must be LinfBall(eps) or L2Ball(eps) from jsemi.attacks (the budget is tied to "
         f"its norm so L2 and L-inf eps cannot be confused), got {threat!r}"
     )
+
+
+NORMS = ("linf", "l2")
+
+
+def make_threat(norm: str, eps) -> Threat:
+    """The threat model named by ``norm`` ("linf" or "l2") with budget ``eps`` (pixel units)."""
+    if norm == "linf":
+        return LinfBall(float(eps))
+    if norm == "l2":
+        return L2Ball(float(eps))
+    raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 
-def add_alg1_parser(subparsers) -> argparse.ArgumentParser:
-    """Adds the ``alg1`` subcommand to ``subparsers`` (called by ``jsemi.cli``)."""
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the ``alg1`` subcommand to ``subparsers`` ."""
     p = subparsers.add_parser("alg1", help="Algorithm 1: semirobust transfer trials (resumable)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--normal", required=True, help="run directory of the normally trained network (jsemi train)")

@@ -1,0 +1,7 @@
+"""``python -m jsemi.cli``: the jsemi command line."""
+
+import sys
+
+from jsemi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""``jsemi eval``: clean and attacked accuracy of a trained run.
+
+    jsemi eval --run runs/robust --attack pgd --eps 0.1 --steps 20 --test-subset 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from jsemi.cli._common import load_split
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="clean and attacked accuracy of a trained run")
+    p.add_argument("--run", required=True, help="run directory written by `jsemi train`")
+    p.add_argument("--dataset", default=None, help="defaults to the run's dataset")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--attack", default="pgd", help="none, fgsm, ifgsm, pgd, pgd-l2, cw, apgd-ce, apgd-t, fab-t, square, autoattack, autoattack-rand")
+    p.add_argument("--norm", default="linf", help="linf or l2 (pgd-l2 and cw are always l2)")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--restarts", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from jsemi.pretrain import load_trained
+    from jsemi.train import evaluate
+
+    model, variables, meta = load_trained(args.run)
+    dataset = args.dataset or meta["signature"]["dataset"]
+    test = load_split(dataset, "test", args.data_dir, args.test_subset, args.seed)
+    attack = None
+    if args.attack != "none":
+        from jsemi.attacks import get_attack, make_threat
+
+        norm = "l2" if args.attack in ("pgd-l2", "cw") else args.norm
+        settings = {}
+        if args.steps is not None:
+            settings["steps"] = args.steps
+        if args.restarts is not None:
+            settings["restarts"] = args.restarts
+        attack = get_attack(args.attack, make_threat(norm, args.eps), **settings)
+    res = evaluate(model, variables, test.images, test.labels, jax.random.PRNGKey(args.seed), attack=attack,
+                   batch_size=args.batch_size, progress=not args.no_progress)
+    out = {"run": str(args.run), "dataset": dataset, "n": res["n"], "clean_acc": res["acc"],
+           "attack": args.attack, "eps": args.eps if attack else None, "adv_acc": res["adv_acc"]}
+    print(json.dumps(out))
+    if args.json:
+        from jsemi.pretrain import write_json_atomic
+
+        write_json_atomic(args.json, out)
+    return 0
