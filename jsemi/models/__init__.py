@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jsemi.models.base import INTERMEDIATE_RE, LAYER_NAME_RE, CIFAR10_MEAN, CIFAR10_STD
+from jsemi.models.bound import BoundModel, bind
 from jsemi.models.cnn import SmallCNN
 
 # name -> factory(num_classes, **kwargs) -> nn.Module.  Extended by the zoo modules below.
@@ -70,21 +71,15 @@ def layer_outputs(model: nn.Module, variables: dict, x: jnp.ndarray) -> tuple[jn
     return logits, [found[j] for j in sorted(found)]
 
 
-def layer_fn(model: nn.Module, variables: dict, j: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Returns x -> F(j)(x), weight layer j's output (1-based), in eval mode."""
-
-    def f(x):
-        _, outs = layer_outputs(model, variables, x)
-        if not 1 <= j <= len(outs):
-            raise ValueError(f"layer index {j} out of range 1..{len(outs)}")
-        return outs[j - 1]
-
-    return f
+def layer_fn(model: nn.Module, variables: dict, j: int) -> BoundModel:
+    """x -> F(j)(x), weight layer j's output (1-based), in eval mode, as a pytree callable
+    (weights are jit arguments; see ``jsemi.models.bound``)."""
+    return bind(model, variables, layer=j)
 
 
-def logits_fn(model: nn.Module, variables: dict) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Returns x -> logits in eval mode (BatchNorm uses running statistics)."""
-    return lambda x: model.apply(variables, x, train=False)
+def logits_fn(model: nn.Module, variables: dict) -> BoundModel:
+    """x -> logits in eval mode (BatchNorm uses running statistics): ``bind(model, variables)``."""
+    return bind(model, variables)
 
 
 def weight_layer_indices(variables: dict) -> list[int]:
@@ -114,6 +109,8 @@ __all__ = [
     "layer_outputs",
     "layer_fn",
     "logits_fn",
+    "bind",
+    "BoundModel",
     "weight_layer_indices",
     "count_weight_layers",
 ]
