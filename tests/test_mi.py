@@ -21,7 +21,9 @@ from jsemi.estimators import (
     ksg_mi,
     reduce,
 )
-from jsemi.estimators import mi as mi_mod
+from jsemi.estimators import arrays as arrays_mod
+from jsemi.estimators import edge as edge_mod
+from jsemi.estimators.edge_kernels import group_counts, knn_bandwidth
 
 # ---------------------------------------------------------------------------------------------
 # An independent plain-NumPy EDGE (brute-force k-NN, tuple-keyed dict hashing), for agreement.
@@ -128,7 +130,7 @@ def test_knn_bandwidth_sort_equals_bruteforce():
     rng = np.random.default_rng(0)
     z = np.concatenate([rng.normal(size=(300, 2)), np.round(rng.normal(size=(300, 2)), 1)], axis=0)  # ties
     for k in (1, 2, 7, 150, 600):
-        got = np.asarray(jax.jit(lambda a: mi_mod._knn_bandwidth(a, None, k))(jnp.asarray(z, jnp.float32)))
+        got = np.asarray(jax.jit(lambda a: knn_bandwidth(a, None, k))(jnp.asarray(z, jnp.float32)))
         want = [np.mean([np.sort(np.abs(z[:, c] - z[i, c]))[k - 1] for i in range(len(z))]) for c in range(2)]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -136,7 +138,7 @@ def test_knn_bandwidth_sort_equals_bruteforce():
 def test_group_counts_equal_unique():
     rng = np.random.default_rng(1)
     codes = rng.integers(-2, 3, size=(500, 3)).astype(np.float32)
-    gid, cnt = jax.jit(lambda c: mi_mod._group_counts(tuple(c[:, i] for i in range(3))))(jnp.asarray(codes))
+    gid, cnt = jax.jit(lambda c: group_counts(tuple(c[:, i] for i in range(3))))(jnp.asarray(codes))
     _, inv, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
     np.testing.assert_array_equal(np.asarray(cnt), counts[inv.ravel()])
     # same group id <=> same code row
@@ -167,9 +169,9 @@ def test_edge_projection_paths_agree(monkeypatch):
     with jax.enable_x64(True):
         r = edge_randomness(jax.random.key(0), 700, 64, 32)
         padded = edge_mi(x, y, randomness=r)
-        monkeypatch.setattr(mi_mod, "_PAD_RAW_MAX", 0)
+        monkeypatch.setattr(edge_mod, "PAD_RAW_MAX", 0)
         unpadded = edge_mi(x, y, randomness=r)
-        monkeypatch.setattr(mi_mod, "_ROW_CHUNK_BYTES", 64 * 4 * 100)  # 100 rows per chunk
+        monkeypatch.setattr(arrays_mod, "ROW_CHUNK_BYTES", 64 * 4 * 100)  # 100 rows per chunk
         streamed = edge_mi(x, y, randomness=r)
     assert abs(padded - unpadded) < 1e-9 and abs(padded - streamed) < 1e-9
 

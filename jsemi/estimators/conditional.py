@@ -6,13 +6,13 @@ pi(y) the class frequencies of ``labels``. Values are in **bits**.
 
 Estimators (``estimator=``):
 
-- ``"edge"``: :func:`jsemi.estimators.mi.edge_mi` on each class's raw flattened activations,
+- ``"edge"``: :func:`jsemi.estimators.edge.edge_mi` on each class's raw flattened activations,
   exactly the paper's procedure. Optionally on a reduction (``reduce_dim=``); reduced to
   <= 6 dims per layer, EDGE hashes without its random projections.
-- ``"ksg"``: :func:`~jsemi.estimators.mi.ksg_mi` (k=3) on a shared reduction
-  (:func:`~jsemi.estimators.mi.reduce`; default PCA of the within-class scatter to 4 dims
+- ``"ksg"``: :func:`~jsemi.estimators.ksg.ksg_mi` (k=3) on a shared reduction
+  (:func:`~jsemi.estimators.reduction.reduce`; default PCA of the within-class scatter to 4 dims
   per layer, i.e. an 8-dim joint space).
-- ``"gaussian"``: :func:`~jsemi.estimators.mi.gaussian_mi` on a shared reduction (default
+- ``"gaussian"``: :func:`~jsemi.estimators.gaussian.gaussian_mi` on a shared reduction (default
   PCA to 16 dims per layer).
 
 The reduction is fitted once on all examples (within-class scatter) and shared by every
@@ -27,7 +27,7 @@ p-value (1 + #{null_p >= rho}) / (1 + P). Only the excess (and p-value) is evide
 dependence; a rho near the null means the estimator cannot see dependence at these sizes.
 
 When each estimator is trustworthy (numbers from ``tests/test_mi.py``; more in the module
-docstring of :mod:`jsemi.estimators.mi`):
+docstrings of :mod:`~jsemi.estimators.edge`, :mod:`~jsemi.estimators.ksg`, :mod:`~jsemi.estimators.gaussian`):
 
 - Independent layers (given the class): the excess is near zero for every estimator,
   |excess| <= 0.038 (EDGE), 0.046 (KSG), 0.015 (Gaussian) bits over 8 seeds, 4 classes x
@@ -53,7 +53,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jsemi.estimators import mi as _mi
+from jsemi.estimators.edge import edge_hash, edge_project, edge_randomness
+from jsemi.estimators.gaussian import gaussian_mi
+from jsemi.estimators.ksg import ksg_mi
+from jsemi.estimators.reduction import reduce
 
 __all__ = ["conditional_mi", "conditional_mi_with_null", "DEFAULT_REDUCE_DIM"]
 
@@ -137,7 +140,7 @@ class _Prepared:
         k_red, k_est = jax.random.split(key)
         self.dims = (a.shape[1], b.shape[1])
         if reduce_dim is not None:
-            a, b = _mi.reduce(a, b, k_red, method=reduce_method, dim=int(reduce_dim), labels=self.lab, num_classes=self.num_classes)
+            a, b = reduce(a, b, k_red, method=reduce_method, dim=int(reduce_dim), labels=self.lab, num_classes=self.num_classes)
             a, b = np.asarray(a), np.asarray(b)
         self.reduced_dims = (a.shape[1], b.shape[1])
         self.per_class = {}
@@ -149,8 +152,9 @@ class _Prepared:
             if estimator == "edge":
                 ek = {kk: v for kk, v in self.edge_kwargs.items() if kk in ("L", "knn_queries", "project")}
                 nc, dx, dy = len(idx), xc.shape[1], yc.shape[1]
-                r = _mi._edge_randomness(k_est, nc, dx, dy, fold=c, **ek)  # = edge_randomness(fold_in(k_est, c))
-                res, xw, yv, fin = _mi._edge_run(xc, yc, r, **self._edge_params())
+                r = edge_randomness(k_est, nc, dx, dy, fold=c, **ek)  # = edge_randomness(fold_in(k_est, c))
+                xw, yv, fin = edge_project(xc, yc, r)
+                res = edge_hash(xw, yv, r, nc, dx, dy, **self._edge_params())
                 finite.append(fin)
                 self._observed[c] = res["mi"]
                 self.per_class[c] = (xw, yv, r, nc, dx, dy)
@@ -170,16 +174,16 @@ class _Prepared:
                 return self._observed[c]
             xw, yv, r, nc, dx, dy = data
             # (P y) W = P (y W): permuting projected rows == projecting permuted rows; rows past
-            # nc are padding (see mi._edge_run) and stay where they are.
+            # nc are padding (see edge.edge_project) and stay where they are.
             full = np.concatenate([np.asarray(perm), np.arange(nc, yv.shape[0])])
             yv = yv[full]
-            return _mi._edge_core(xw, yv, r, nc, dx, dy, **self._edge_params())["mi"]
+            return edge_hash(xw, yv, r, nc, dx, dy, **self._edge_params())["mi"]
         x, y = data
         if perm is not None:
             y = y[perm]
         if self.estimator == "ksg":
-            return _mi.ksg_mi(x, y, k=self.k)
-        return _mi.gaussian_mi(x, y)
+            return ksg_mi(x, y, k=self.k)
+        return gaussian_mi(x, y)
 
     def rho(self, perms=None):
         vals = {c: self.value(c, None if perms is None else perms[c]) for c in self.present}

@@ -1,0 +1,202 @@
+"""Shared low-dimensional reductions of layer activations (PCA of the within-class scatter or a
+common random projection), fitted once and used before KSG / Gaussian MI so that per-class
+values and permutation nulls are comparable."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jsemi.estimators.arrays import HIGHEST, as_2d, check_pair, float_dtype, is_host, project_rows, row_chunks, to_device
+
+__all__ = ["Reduction", "fit_reduction", "reduce"]
+
+
+class Reduction(NamedTuple):
+    """A fitted linear map ``(z - mean) @ matrix``, then per-output scaling by ``scale``."""
+
+    mean: jax.Array
+    matrix: jax.Array | None  # None = identity (input already small enough)
+    scale: jax.Array
+
+    def apply(self, z):
+        """Applies the reduction to (N, d) data (host arrays are streamed in row chunks)."""
+        z = as_2d(z, "z")
+        dtype = float_dtype(z)
+        if self.matrix is None:
+            return (to_device(z, dtype) - self.mean) / self.scale
+        out = project_rows(z, self.matrix, dtype) - jnp.dot(self.mean, self.matrix, precision=HIGHEST)
+        return out / self.scale
+
+
+@partial(jax.jit, static_argnames=("num_classes",))
+def _class_sums(x, labels, *, num_classes):
+    return jax.ops.segment_sum(x, labels, num_segments=num_classes), jnp.bincount(labels, length=num_classes)
+
+
+def _class_means(x, labels, num_classes, dtype):
+    """(C, d) per-class means (a single class when labels is None), streamed for host arrays."""
+    n = x.shape[0]
+    lab = jnp.zeros((n,), jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32)
+    C = 1 if labels is None else num_classes
+    if is_host(x) and len(row_chunks(x)) > 1:
+        sums, counts = None, None
+        for sl in row_chunks(x):
+            s, c = _class_sums(to_device(x[sl], dtype), lab[sl], num_classes=C)
+            sums = s if sums is None else sums + s
+            counts = c if counts is None else counts + c
+    else:
+        sums, counts = _class_sums(to_device(x, dtype), lab, num_classes=C)
+    return sums / jnp.maximum(counts, 1)[:, None].astype(sums.dtype), lab
+
+
+@jax.jit
+def _centered_matmul(x, lab, means, w):
+    """(x - means[lab]) @ w without forming the centered x."""
+    return jnp.dot(x, w, precision=HIGHEST) - jnp.dot(means, w, precision=HIGHEST)[lab]
+
+
+@jax.jit
+def _centered_rmatmul(x, lab, means, u):
+    """(x - means[lab])^T @ u."""
+    su = jax.ops.segment_sum(u, lab, num_segments=means.shape[0])
+    return jnp.dot(x.T, u, precision=HIGHEST) - jnp.dot(means.T, su, precision=HIGHEST)
+
+
+def _cmatmul(x, lab, means, w, dtype):
+    if is_host(x) and len(row_chunks(x)) > 1:
+        return jnp.concatenate(
+            [_centered_matmul(to_device(x[sl], dtype), lab[sl], means, w) for sl in row_chunks(x)], axis=0
+        )
+    return _centered_matmul(to_device(x, dtype), lab, means, w)
+
+
+def _crmatmul(x, lab, means, u, dtype):
+    if is_host(x) and len(row_chunks(x)) > 1:
+        acc = None
+        for sl in row_chunks(x):
+            part = _centered_rmatmul(to_device(x[sl], dtype), lab[sl], means, u[sl])
+            acc = part if acc is None else acc + part
+        return acc
+    return _centered_rmatmul(to_device(x, dtype), lab, means, u)
+
+
+def _pca_components(x, lab, means, dim: int, key, dtype, *, exact_max_dim: int = 2048, power_iters: int = 4):
+    """Top-``dim`` principal directions and variances of the (class-)centered data.
+
+    Exact (eigh of the d x d scatter) for d <= ``exact_max_dim``; otherwise randomized
+    subspace iteration (Halko et al. 2011) with ``dim + 10`` columns and ``power_iters``
+    QR-stabilised power steps, using only products with the data (never its centered copy).
+    """
+    n, d = x.shape
+    if d <= exact_max_dim:
+        eye = jnp.eye(d, dtype=dtype)
+        scatter = _crmatmul(x, lab, means, _cmatmul(x, lab, means, eye, dtype), dtype)
+        evals, evecs = jnp.linalg.eigh((scatter + scatter.T) / 2)
+        order = jnp.argsort(-evals)[:dim]
+        return evecs[:, order], jnp.maximum(evals[order], 0.0) / max(n - 1, 1)
+    l = min(d, dim + 10)
+    omega = jax.random.normal(key, (d, l), dtype)
+    q, _ = jnp.linalg.qr(_cmatmul(x, lab, means, omega, dtype))
+    for _ in range(power_iters):
+        z, _ = jnp.linalg.qr(_crmatmul(x, lab, means, q, dtype))
+        q, _ = jnp.linalg.qr(_cmatmul(x, lab, means, z, dtype))
+    bt = _crmatmul(x, lab, means, q, dtype)  # (d, l) = Xc^T Q
+    u, s, _ = jnp.linalg.svd(bt, full_matrices=False)
+    return u[:, :dim], (s[:dim] ** 2) / max(n - 1, 1)
+
+
+def fit_reduction(
+    x,
+    key: jax.Array,
+    *,
+    method: str = "pca",
+    dim: int = 8,
+    labels=None,
+    num_classes: int | None = None,
+    whiten: bool = True,
+    shared_matrix=None,
+) -> Reduction:
+    """Fits the reduction of one variable; see :func:`reduce` for the methods."""
+    x = as_2d(x, "x")
+    n, d = x.shape
+    dtype = float_dtype(x)
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    if labels is not None and num_classes is None:
+        num_classes = int(np.max(np.asarray(labels))) + 1
+    means, lab = _class_means(x, labels, num_classes, dtype)
+    gmean = _class_means(x, None, 1, dtype)[0][0]
+    if d <= dim and method != "random":
+        matrix = None
+        proj = to_device(x, dtype) - means[lab]
+        scale = jnp.std(proj, axis=0) if whiten else jnp.ones((d,), dtype)
+        return Reduction(gmean, None, jnp.where(scale > 0, scale, 1.0))
+    if method == "pca":
+        comps, var = _pca_components(x, lab, means, dim, key, dtype)
+        matrix = comps
+        scale = jnp.sqrt(var) if whiten else jnp.ones_like(var)
+    elif method == "random":
+        g = jax.random.normal(key, (d, dim), dtype) if shared_matrix is None else jnp.asarray(shared_matrix, dtype)[:d]
+        matrix = g / jnp.sqrt(jnp.asarray(d, dtype))
+        if whiten:
+            proj = _cmatmul(x, lab, means, matrix, dtype)
+            scale = jnp.sqrt(jnp.mean(jnp.square(proj), axis=0))
+        else:
+            scale = jnp.ones((dim,), dtype)
+    else:
+        raise ValueError(f"method must be 'pca' or 'random', got {method!r}")
+    scale = jnp.where(scale > 0, scale, 1.0)
+    return Reduction(gmean, matrix, scale)
+
+
+def reduce(
+    x,
+    y,
+    key: jax.Array,
+    *,
+    method: str = "pca",
+    dim: int = 8,
+    labels=None,
+    num_classes: int | None = None,
+    whiten: bool = True,
+    return_reductions: bool = False,
+):
+    """Shared low-dimensional reduction of two layers' activations, used before KSG / Gaussian.
+
+    "Shared" means one reduction per variable for all classes and for the permutation null
+    alike (so per-class values and nulls are comparable), and the same method and
+    dimension for x and y.
+
+    - ``method="pca"``: the top ``dim`` principal directions of each variable. With
+      ``labels`` they are fitted on the *within-class* scatter (each class centered on its
+      own mean), the variation that class-conditional MI is about; otherwise on the
+      pooled scatter. Exact for d <= 2048, randomized subspace iteration above.
+    - ``method="random"``: a *common* Gaussian projection: one (max(dx, dy), dim) N(0, 1)
+      matrix G drawn once; x uses G[:dx] / sqrt(dx), y uses G[:dy] / sqrt(dy). When
+      dx == dy the two variables go through the same map, so coordinate-wise
+      dependence such as y = x + noise survives (EDGE's two independent projections
+      destroy it).
+
+    A variable with d <= dim is not projected under PCA (only centered/scaled).
+    ``whiten`` scales every output coordinate to unit within-class variance.
+
+    Returns:
+      (x_reduced, y_reduced) as device arrays of shape (N, dim) (or (N, d) when d <= dim);
+      with ``return_reductions`` also the two fitted :class:`Reduction` objects.
+    """
+    x, y = check_pair(x, y)
+    kx, ky, kg = jax.random.split(key, 3)
+    shared = None
+    if method == "random":
+        shared = jax.random.normal(kg, (max(x.shape[1], y.shape[1]), dim), float_dtype(x))
+    rx = fit_reduction(x, kx, method=method, dim=dim, labels=labels, num_classes=num_classes, whiten=whiten, shared_matrix=shared)
+    ry = fit_reduction(y, ky, method=method, dim=dim, labels=labels, num_classes=num_classes, whiten=whiten, shared_matrix=shared)
+    xr, yr = rx.apply(x), ry.apply(y)
+    if return_reductions:
+        return xr, yr, rx, ry
+    return xr, yr
