@@ -30,7 +30,7 @@ fashion-mnist:
 	else echo "apt not usable: Fashion-MNIST will come from tensorflow-datasets"; fi
 
 demo: $(STAMP) fashion-mnist
-	$(PY) experiments/demo.py --out runs/demo
+	$(PY) -m jsemi demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q

@@ -31,7 +31,6 @@ from jsemi.runs import ConfigMismatchError, RunDir, config_hash, read_json, writ
 from jsemi.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
 
 TINY_KW = dict(widths=(4, 4, 8, 8, 8), hidden=16)
 
@@ -405,7 +404,7 @@ def test_cli_alg1_on_pretrained_runs(tmp_path, data):
 
 
 def test_experiment_configs_roundtrip_and_paper_settings(tmp_path):
-    import configs
+    from jsemi.experiments import configs
 
     assert set(configs.PAPER) == {f"{m}-{d}" for m in configs.PAPER_MODELS for d in configs.PAPER_DATASETS}
     for name, exp in configs.EXPERIMENTS.items():
@@ -429,7 +428,7 @@ def _paper_smoke(model_name: str, dataset: str, tmp_path, attack_steps: int | No
     """One normal step, one adversarial step and one Algorithm 1 trial of one step, with the paper's
     configuration of this (model, dataset), on mocked data (tfds.testing.mock_data for CIFAR,
     synthetic 64x64x3 images with 200 classes for Tiny ImageNet)."""
-    import configs
+    from jsemi.experiments import configs
     import tensorflow_datasets as tfds
 
     from jsemi.train import create_train_state, make_train_step
@@ -486,7 +485,7 @@ def test_paper_config_smoke_slow(model_name, dataset, tmp_path):
 
 def tiny_experiment():
     """The CPU experiment shrunk to seconds: tiny SmallCNN on synthetic data, 2 trials of 1 epoch."""
-    import configs
+    from jsemi.experiments import configs
 
     exp = configs.CPU
     tiny_ft = dataclasses.replace(exp.alg1.finetune, batch_size=64, attack_steps=1)
@@ -507,7 +506,7 @@ def tiny_experiment():
 
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end_on_tiny_synthetic_experiment(tmp_path):
-    import demo
+    from jsemi.experiments import demo
 
     exp = tiny_experiment()
     path = demo.run_demo(exp, tmp_path / "demo", progress=False)
@@ -522,22 +521,19 @@ def test_demo_pipeline_end_to_end_on_tiny_synthetic_experiment(tmp_path):
 
 @pytest.mark.slow
 def test_experiment_scripts_on_tiny_experiment(tmp_path):
-    import algorithm1
-    import algorithm_s1
-    import configs
-    import pretrain as pretrain_script
-    import sweeps
+    from jsemi.cli import main as cli
+    from jsemi.experiments import configs
 
     cfg_path = tmp_path / "tiny.json"
     configs.save(tiny_experiment(), cfg_path)
-    common = ["--experiment", str(cfg_path), "--out", str(tmp_path / "run"), "--no-progress"]
-    assert pretrain_script.main(common) == 0
-    assert algorithm1.main(common + ["--fb", "2"]) == 0
+    common = [str(cfg_path), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert cli(["reproduce"] + common + ["--pretrain-only"]) == 0
+    assert cli(["reproduce"] + common + ["--fb", "2"]) == 0
     assert (tmp_path / "run" / "alg1" / "pgd" / "REPORT.md").exists()
-    assert algorithm_s1.main(common + ["--attacks", "none", "pgd", "--split-points", "5"]) == 0
-    assert sweeps.main(["layers"] + common + ["--fb", "2", "3"]) == 0
-    assert sweeps.main(["k"] + common + ["--fb", "2"]) == 0
-    assert sweeps.main(["models"] + common + ["--fb", "2"]) == 0
+    assert cli(["s1"] + common + ["--attacks", "none", "pgd", "--split-points", "5"]) == 0
+    assert cli(["sweep", "layers"] + common + ["--fb", "2", "3"]) == 0
+    assert cli(["sweep", "k"] + common + ["--fb", "2"]) == 0
+    assert cli(["sweep", "models"] + common + ["--fb", "2"]) == 0
     out = tmp_path / "run"
     for name in ("rho_per_layer.png", "rho_vs_k_fb2.png", "rho_across_models_fb2.png"):
         assert (out / "sweeps" / name).exists(), name

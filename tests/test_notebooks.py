@@ -29,13 +29,8 @@ COLAB = ROOT / "colab"
 
 
 def _tiny_experiment_json(path: Path) -> Path:
-    sys.path.insert(0, str(ROOT / "experiments"))
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("table_s5_nb", ROOT / "experiments" / "table_s5.py")
-    s5 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(s5)
-    from configs import get_experiment, save
+    from jsemi.experiments import table_s5 as s5
+    from jsemi.experiments.configs import get_experiment, save
 
     exp = s5.tiny_experiment(get_experiment("cpu"))
     pre = dataclasses.replace(exp.pretrain, dataset="cifar10", normal=dataclasses.replace(exp.pretrain.normal, epochs=1),

@@ -1,23 +1,16 @@
-"""experiments/table_s5.py produces the Table S5 comparison (tiny settings on digits)."""
+"""jsemi.experiments.table_s5 (`jsemi table-s5`) produces the Table S5 comparison (tiny settings on digits)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _load_script():
-    sys.path.insert(0, str(ROOT / "experiments"))
-    spec = importlib.util.spec_from_file_location("table_s5", ROOT / "experiments" / "table_s5.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from jsemi.experiments import table_s5
+
+    return table_s5
 
 
 def _check_table(s5, tmp_path, doc, *, measure: bool):
@@ -41,7 +34,7 @@ def _check_table(s5, tmp_path, doc, *, measure: bool):
 def test_table_s5_on_the_cpu_config_with_tiny_settings(tmp_path):
     """Every method, one robust network (--shared-robust), no rho (the estimators cost ~30 s here)."""
     s5 = _load_script()
-    from configs import get_experiment
+    from jsemi.experiments.configs import get_experiment
 
     exp = s5.tiny_experiment(get_experiment("cpu"))
     doc = s5.run(exp, tmp_path, methods=s5.METHODS, shared_robust=True, measure=False, progress=False)
@@ -59,7 +52,9 @@ def test_table_s5_on_the_cpu_config_with_tiny_settings(tmp_path):
 def test_table_s5_full_tiny_run_with_rho_columns(tmp_path):
     """The script's own --tiny run: a robust network per method and the rho columns."""
     s5 = _load_script()
-    assert s5.main(["--tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    from jsemi.cli import main as cli
+
+    assert cli(["table-s5", "--tiny", "--out", str(tmp_path), "--no-progress"]) == 0
     doc = json.loads((tmp_path / "table_s5.json").read_text())
     rows = _check_table(s5, tmp_path, doc, measure=True)
     assert sorted(doc["settings"]["pretrain"]) == ["normal"] + [f"robust-{m}" for m in sorted(s5.METHODS)]

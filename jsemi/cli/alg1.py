@@ -6,9 +6,9 @@
 One run directory per # fb under --out (``fb<F>``), each trial written as JSON the moment
 it finishes; rerunning the same command skips finished trials, and a changed setting is
 refused instead of being mixed in.  Afterwards --out/REPORT.md, table.md and the figures
-summarise every row.  ``--config FILE`` reads an ``Alg1Config`` as JSON (or an
-experiment JSON from experiments/configs.py, whose ``alg1`` entry is used); the flags
-given on the command line override it.
+summarise every row.  ``--config`` reads an ``Alg1Config`` as JSON, or an experiment
+(a name of ``jsemi reproduce --list`` or a JSON file it writes with ``--write-configs``)
+whose ``alg1`` entry is used; the flags given on the command line override it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--normal", required=True, help="run directory of the normally trained network (jsemi train)")
     p.add_argument("--robust", required=True, help="run directory of the adversarially trained network")
     p.add_argument("--out", required=True, help="output directory (one run directory per # fb); rerun to resume")
-    p.add_argument("--config", default=None, help="Alg1Config or experiment JSON; flags override it")
+    p.add_argument("--config", default=None, help="Alg1Config JSON, experiment JSON or experiment name "
+                                                   "(jsemi reproduce --list); flags override it")
     p.add_argument("--num-fb", type=int, nargs="+", default=None, help="# fb values, one table row each")
     p.add_argument("--a", type=int, nargs="+", default=None, help="split points instead of --num-fb")
     p.add_argument("--k", type=float, default=None, help="stop at Acc* - k (accuracy points); default 0")
@@ -61,6 +62,10 @@ def _base_config(path: str | None):
 
     if path is None:
         return None
+    from jsemi.experiments.configs import EXPERIMENTS
+
+    if path in EXPERIMENTS:  # a named experiment
+        return EXPERIMENTS[path].alg1
     with open(path) as f:
         d = json.load(f)
     if "alg1" in d and "pretrain" in d:  # an experiment file

@@ -1,4 +1,4 @@
-"""Shared plumbing of the experiment scripts: data, pretraining both networks, Algorithm 1 rows, timing.
+"""Shared stages of the experiments: data, pretraining both networks, Algorithm 1 rows.
 
 Directory layout under an experiment's output directory OUT::
 
@@ -9,121 +9,14 @@ Directory layout under an experiment's output directory OUT::
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-import time
 from pathlib import Path
 from typing import Iterable
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from configs import Experiment, get_experiment  # noqa: E402,F401
-
-
-def experiment_parser(doc: str, *, out_default: str | None = None, alg1: bool = False) -> argparse.ArgumentParser:
-    """The scripts' common options: --experiment, --out, --data-dir, --no-progress; with
-    ``alg1`` also the Algorithm 1 row options --fb, --trials and --vmap."""
-    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
-    ap.add_argument("--experiment", default="cpu", help="a name from experiments/configs.py or a JSON file")
-    if out_default is None:
-        ap.add_argument("--out", required=True)
-    else:
-        ap.add_argument("--out", default=out_default)
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--no-progress", action="store_true")
-    if alg1:
-        ap.add_argument("--fb", type=int, nargs="+", default=None, help="# fb values (default: the experiment's)")
-        ap.add_argument("--trials", type=int, default=None, help="trials per row (default: the experiment's)")
-        ap.add_argument("--vmap", type=int, default=None, help="trials trained at once in one vmapped program")
-    return ap
-
-
-def log(msg: str) -> None:
-    """Prints a progress line (flushed, so it interleaves correctly with tqdm on stderr)."""
-    try:
-        from tqdm.auto import tqdm
-
-        tqdm.write(msg)
-    except ImportError:  # pragma: no cover
-        print(msg, flush=True)
-    sys.stdout.flush()
-
-
-class Stages:
-    """Wall time of named stages, kept in OUT/timings.json across invocations.
-
-    ``with stages("pretrain normal"):`` times a block; ``stages.note(name, reused=True)``
-    marks a stage whose results were loaded from an earlier invocation.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.current: dict[str, dict] = {}
-        self.previous: dict[str, dict] = {}
-        if self.path.exists():
-            try:
-                self.previous = json.loads(self.path.read_text()).get("stages", {})
-            except (OSError, ValueError):
-                self.previous = {}
-        self.t0 = time.perf_counter()
-        self.load_start = _loadavg()
-
-    def __call__(self, name: str):
-        stages = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.t = time.perf_counter()
-                log(f"== {name}")
-                return self
-
-            def __exit__(self, et, ev, tb):
-                if et is None:
-                    dt = time.perf_counter() - self.t
-                    stages.current[name] = {"seconds": dt}
-                    log(f"== {name}: {dt:.1f} s")
-                return False
-
-        return _Ctx()
-
-    def mark_reused(self, name: str) -> None:
-        if name in self.current:
-            self.current[name]["reused"] = True
-
-    def save(self) -> None:
-        from jsemi.runs import write_json_atomic
-
-        total = time.perf_counter() - self.t0
-        merged = {}
-        for name, rec in self.current.items():
-            first = self.previous.get(name, {})
-            if rec.get("reused") and "first_run_seconds" in first:
-                rec = {**rec, "first_run_seconds": first["first_run_seconds"]}
-            elif rec.get("reused") and first.get("seconds") is not None and not first.get("reused"):
-                rec = {**rec, "first_run_seconds": first["seconds"]}
-            elif not rec.get("reused"):
-                rec = {**rec, "first_run_seconds": rec["seconds"]}
-            merged[name] = rec
-        self.load_end = _loadavg()
-        write_json_atomic(self.path, {"stages": merged, "total_seconds": total, "load_average_start": self.load_start,
-                                      "load_average_end": self.load_end})
-        self.total = total
-        self.merged = merged
-
-
-def _loadavg() -> list[float] | None:
-    """The 1/5/15-minute load averages (other processes competing for the cores), if available."""
-    import os
-
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
+from jsemi.experiments.configs import Experiment
+from jsemi.experiments.timing import Stages, log
 
 
 # ----------------------------------------------------------------------------- data

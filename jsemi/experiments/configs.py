@@ -12,20 +12,19 @@ An ``Experiment`` bundles everything a row of the paper's tables needs:
 ``PAPER`` holds one experiment per (model, dataset) of the paper (VGG16, ResNet-18,
 WRN-34-10, ViT-B on CIFAR-10, CIFAR-100 and Tiny ImageNet) with the hyperparameters of
 PAPER_NOTES section 6; they are meant for a GPU/TPU.  ``CPU`` is the Fashion-MNIST
-SmallCNN experiment (eps 0.1) sized so ``experiments/demo.py`` finishes in under ten
-minutes on a 2-core machine; every choice that departs from the paper is listed in
-``CPU.notes`` and written into the demo's REPORT.md.
+SmallCNN experiment (eps 0.1) sized so ``jsemi demo`` finishes in under ten minutes on a
+2-core machine; every choice that departs from the paper is listed in ``CPU.notes`` and
+written into the demo's REPORT.md.
 
-Run ``python experiments/configs.py`` to write every configuration as JSON under
-``experiments/configs/`` (``jsemi alg1 --config FILE`` and the scripts read them back
-with ``load_experiment``).
+``jsemi reproduce --list`` lists them; ``jsemi reproduce --write-configs DIR`` writes every
+configuration as JSON (``jsemi alg1 --config FILE`` and every experiment subcommand read
+such a file back with ``load_experiment``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -193,7 +192,7 @@ PAPER: dict[str, Experiment] = {
 # ----------------------------------------------------------------------------- CPU scale
 
 # Fashion-MNIST, SmallCNN (7 weight layers), L-inf eps 0.1.  Sized by measurement on the
-# 2-core machine (see experiments/demo.py and its REPORT.md for the wall times).
+# 2-core machine (see jsemi.experiments.demo and its REPORT.md for the wall times).
 CPU_NORMAL = TrainConfig(mode="standard", optimizer="adam", lr=1e-3, weight_decay=0.0, lr_schedule="constant",
                          epochs=2, batch_size=128, eps=0.1, attack_steps=3, attack_step_size=0.05,
                          augment=False, flip=False)
@@ -257,7 +256,8 @@ def get_experiment(name: str) -> Experiment:
     p = Path(name)
     if p.suffix == ".json" and p.exists():
         return load_experiment(p)
-    raise ValueError(f"unknown experiment {name!r}; available: {', '.join(sorted(EXPERIMENTS))} or a JSON file")
+    raise ValueError(f"unknown experiment {name!r}; available: {', '.join(sorted(EXPERIMENTS))} or a JSON file "
+                     "(`jsemi reproduce --list`)")
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -271,13 +271,13 @@ def save(exp: Experiment, path: str | Path) -> Path:
     return write_json_atomic(path, exp.to_dict())
 
 
-def main(argv: list[str] | None = None) -> int:
-    out = Path(__file__).resolve().parent / "configs"
-    for name, exp in EXPERIMENTS.items():
-        save(exp, out / f"{name}.json")
-    print(f"wrote {len(EXPERIMENTS)} configurations to {out}")
-    return 0
+def save_all(out: str | Path) -> list[Path]:
+    """Writes every named experiment as ``OUT/<name>.json``; returns the paths."""
+    return [save(exp, Path(out) / f"{name}.json") for name, exp in EXPERIMENTS.items()]
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def summary(exp: Experiment) -> str:
+    """One line: model, dataset, # fb values, trials, pretraining epochs (normal / robust)."""
+    p = exp.pretrain
+    return (f"{p.model} on {p.dataset}, # fb {list(exp.fb_values)}, {exp.alg1.trials} trials, "
+            f"pretraining {p.normal.epochs}/{p.robust.epochs} epochs, eps {exp.alg1.eps:.4g} ({exp.alg1.norm})")

@@ -23,23 +23,20 @@ Algorithm 1 runs: a rerun skips finished trials and pretraining).
 
 Usage::
 
-    python experiments/table_s5.py --experiment cpu [--methods pgd,trades,atta,atta_trades]
+    jsemi table-s5 cpu [--methods pgd,trades,atta,atta_trades]
         [--fb 2,4] [--trials 3] [--max-epochs 4] [--out runs/table_s5]
-    python experiments/table_s5.py --tiny --out /tmp/s5    # seconds-scale check on digits
+    jsemi table-s5 --tiny --out /tmp/s5    # seconds-scale check on digits
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from _common import alg1_data, experiment_parser, load_data, log, subset  # noqa: E402
-from configs import Experiment, PretrainSpec, get_experiment  # noqa: E402
+from jsemi.experiments.configs import Experiment, PretrainSpec
+from jsemi.experiments.pipeline import alg1_data, load_data, subset
+from jsemi.experiments.timing import log
 
 METHODS = ("pgd", "trades", "atta", "atta_trades")
 METHOD_LABELS = {"pgd": "PGD", "trades": "TRADES", "atta": "ATTA", "atta_trades": "ATTA+TRADES"}
@@ -208,31 +205,3 @@ def _settings_md(s: dict) -> str:
                      + (f", reset every {cfg['atta_reset_every']} epochs" if m.startswith('atta') else ""))
     lines += [f"- {n}" for n in s["notes"]]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = experiment_parser(__doc__, out_default="runs/table_s5")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--fb", default=None, help="comma-separated # fb values (default: the experiment's)")
-    ap.add_argument("--trials", type=int, default=None)
-    ap.add_argument("--max-epochs", type=int, default=None)
-    ap.add_argument("--trades-beta", type=float, default=None, help="TRADES beta (default: the config's, 6)")
-    ap.add_argument("--shared-robust", action="store_true", help="one PGD-trained robust network for every method")
-    ap.add_argument("--no-measure", action="store_true", help="skip rho / gamma (no rho columns)")
-    ap.add_argument("--tiny", action="store_true", help="seconds-scale check on scikit-learn digits")
-    args = ap.parse_args(argv)
-    exp = get_experiment(args.experiment)
-    if args.tiny:
-        exp = tiny_experiment(exp)
-    fb = tuple(int(v) for v in args.fb.split(",")) if args.fb else None
-    doc = run(exp, args.out, methods=[m.strip() for m in args.methods.split(",") if m.strip()], fb_values=fb,
-              trials=args.trials, max_epochs=args.max_epochs, shared_robust=args.shared_robust,
-              trades_beta=args.trades_beta, measure=not args.no_measure, data_dir=args.data_dir,
-              progress=not args.no_progress)
-    print(doc["table_markdown"])
-    print(f"written: {Path(args.out) / 'table_s5.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
