@@ -2,17 +2,23 @@
 
 Every public attack is a pure, traceable function.  Called from inside a caller's
 ``jax.jit`` (any argument is a tracer) it simply traces into the caller's graph; called
-with concrete arrays it validates them on the host and runs a jit-compiled version whose
-static arguments are ``logits_fn`` (hashed by identity: reuse the same function object to
-reuse the compiled code) and the attack's keyword settings.  The threat model is passed
-as a pytree, so changing ``eps`` does not recompile.
+with concrete arrays it validates them on the host and runs a jit-compiled version.
+
+**Weights are jit arguments.**  ``logits_fn`` is split by :func:`split_fn` into its array
+leaves, which are passed to the compiled program as ordinary arguments, and a hashable
+static part (its tree structure and non-array leaves), which is part of jit's cache key
+together with the attack's keyword settings.  A pytree model function
+(``jsemi.models.bind(model, variables)`` or ``jax.tree_util.Partial(f, variables)``) with
+new weights of the same shapes therefore reuses the compiled program.  A plain closure is a
+single non-array leaf: it is keyed by identity and its captured weights are compile-time
+constants, so every new closure compiles again (still correct, only slower).  The threat
+model is a pytree too, so changing ``eps`` does not recompile.  The only cache is jit's own.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,32 +31,98 @@ from jsemi.validation import check_images, check_labels
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 
+def _is_array(leaf) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray))
+
+
+class FnStatic:
+    """The hashable, static part of a model function: tree structure and non-array leaves
+    (functions by identity, modules and Python scalars by value)."""
+
+    __slots__ = ("treedef", "consts")
+
+    def __init__(self, treedef, consts: tuple):
+        self.treedef, self.consts = treedef, consts
+
+    def __hash__(self):
+        return hash((self.treedef, self.consts))
+
+    def __eq__(self, other):
+        return isinstance(other, FnStatic) and self.treedef == other.treedef and self.consts == other.consts
+
+    def __repr__(self):
+        return f"FnStatic({self.treedef}, {len(self.consts)} static leaves)"
+
+
+def split_fn(fn) -> tuple[FnStatic, tuple]:
+    """(static, arrays): ``fn``'s array leaves become jit arguments, the rest the cache key."""
+    leaves, treedef = jax.tree_util.tree_flatten(fn)
+    consts = tuple((i, leaf) for i, leaf in enumerate(leaves) if not _is_array(leaf))
+    arrays = tuple(leaf for leaf in leaves if _is_array(leaf))
+    return FnStatic(treedef, consts), arrays
+
+
+def join_fn(static: FnStatic, arrays) -> Any:
+    """Inverse of :func:`split_fn` (arrays may be tracers)."""
+    const = dict(static.consts)
+    it = iter(arrays)
+    leaves = [const[i] if i in const else next(it) for i in range(static.treedef.num_leaves)]
+    return jax.tree_util.tree_unflatten(static.treedef, leaves)
+
+
+def fn_jit(f: Callable) -> Callable:
+    """``f(logits_fn, *args, **settings)`` compiled with ``logits_fn``'s arrays as arguments.
+
+    ``args`` are pytrees of arrays (dynamic); ``settings`` must be hashable (static).  Under
+    a caller's trace ``f`` runs directly.  One ``jax.jit`` object per ``f`` (made once, at
+    import); its cache keys on the function's static part, the settings and the shapes.
+    """
+
+    def run(arrays, args, static, settings):
+        return f(join_fn(static, arrays), *args, **dict(settings))
+
+    compiled = jax.jit(run, static_argnums=(2, 3))
+
+    @functools.wraps(f)
+    def call(logits_fn, *args, **settings):
+        if is_traced(logits_fn, args):
+            return f(logits_fn, *args, **settings)
+        static, arrays = split_fn(logits_fn)
+        return compiled(arrays, args, static, tuple(sorted(settings.items())))
+
+    return call
+
+
 def is_traced(*trees) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
 
 
 def check_key(key) -> None:
-    if key is None:
-        raise TypeError("an explicit jax PRNG key is required (jax.random.key(seed)); jsemi never seeds from the clock")
-    if isinstance(key, (int, np.integer)):
-        raise TypeError(f"key must be a jax PRNG key (jax.random.key({key})), not the int {key}")
-    if is_traced(key):
-        return
-    dt = getattr(key, "dtype", None)
-    if dt is None:
-        raise TypeError(f"key must be a jax PRNG key, got {type(key).__name__}")
-    if not jnp.issubdtype(dt, jax.dtypes.prng_key) and not (dt == jnp.uint32 and key.shape[-1:] == (2,)):
-        raise TypeError(f"key must be a jax PRNG key, got an array of dtype {dt} and shape {key.shape}")
+    """An explicit jax PRNG key (ints refused with the fix): ``jsemi.validation.check_key``."""
+    from jsemi.validation import check_key as _check_key
+
+    _check_key(key)
 
 
 def validate(logits_fn, x, y, key, threat) -> None:
-    """Host-side checks; skipped for traced values (inside a caller's jit)."""
+    """Host-side checks before any work; value checks are skipped for traced values (inside a
+    caller's jit).  ``x``: a non-empty float batch in [0, 1]; ``y``: integer labels in [0, K),
+    K read from ``logits_fn``'s output shape (``jsemi.validation.num_classes_of``: traced once
+    per function and input shape, never run); ``key``: a PRNG key.  An L-inf eps > 1 warns
+    (every image is in the ball: usually 8 meant as 8/255); an L2 eps > 1 is normal and warns
+    only beyond the image cube's diameter sqrt(H*W*C) (``jsemi.validation.warn_large_eps``)."""
+    from jsemi.validation import check_not_empty, num_classes_of, warn_large_eps
+
     if not callable(logits_fn):
         raise TypeError(f"logits_fn must be callable (x -> logits), got {type(logits_fn).__name__}")
-    as_threat(threat)
+    threat = as_threat(threat)
     check_images(x, "x")
+    check_not_empty(x, "x")
     check_labels(y, name="y", batch=x.shape[0])
     check_key(key)
+    if not is_traced(y):
+        check_labels(y, num_classes_of(logits_fn, x), name="y")
+    warn_large_eps(threat.eps, threat.norm, int(np.prod(x.shape[1:])), name=f"{type(threat).__name__}.eps")
 
 
 def check_setting_positive_int(value, name: str) -> None:
@@ -58,18 +130,12 @@ def check_setting_positive_int(value, name: str) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted(impl):
-    sig = inspect.signature(impl)
-    static = tuple(n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
-    return jax.jit(impl, static_argnums=(0,), static_argnames=static)
-
-
-def dispatch(impl, logits_fn, x, y, key, threat, *args, **settings):
-    """Runs ``impl`` directly under a trace, else its jit-compiled version."""
-    if is_traced(x, y, key, threat, args):
-        return impl(logits_fn, x, y, key, threat, *args, **settings)
-    return _jitted(impl)(logits_fn, jnp.asarray(x), jnp.asarray(y), key, threat, *args, **settings)
+def dispatch(compiled, logits_fn, x, y, key, threat, *args, **settings):
+    """Runs ``compiled`` (an :func:`fn_jit` of the attack's implementation) on host arrays,
+    or traces the implementation directly when any input is a tracer."""
+    if not is_traced(logits_fn, x, y, key, threat, args):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+    return compiled(logits_fn, x, y, key, threat, *args, **settings)
 
 
 def bcast(v, x):
@@ -114,54 +180,51 @@ def traced_loop(n: int, body, carry):
     return jax.lax.fori_loop(0, n, body, carry)
 
 
-_SPEC_CACHE: dict = {}
-_SPEC_CACHE_MAX = 64
+def _spec_init(logits_fn, ctx, *, build, settings):
+    return build(logits_fn, *settings).init(ctx)
 
 
-def _compiled(cache_key, build):
-    hit = _SPEC_CACHE.get(cache_key)
-    if hit is not None:
-        return hit
-    spec = build()
-
-    def chunk(ctx, i0, state, size):
-        for c in range(size):
-            state = spec.step(ctx, i0 + c, state)
-        return state
-
-    parts = (
-        spec,
-        jax.jit(spec.init),
-        jax.jit(chunk, static_argnums=3),
-        jax.jit(spec.final),
-        jax.jit(spec.done) if spec.done is not None else None,
-    )
-    if len(_SPEC_CACHE) >= _SPEC_CACHE_MAX:
-        _SPEC_CACHE.pop(next(iter(_SPEC_CACHE)))
-    _SPEC_CACHE[cache_key] = parts
-    return parts
+def _spec_chunk(logits_fn, ctx, i0, state, *, build, settings, size):
+    spec = build(logits_fn, *settings)
+    for c in range(size):
+        state = spec.step(ctx, i0 + c, state)
+    return state
 
 
-def run_spec(cache_key, build, ctx):
-    """Runs the iterative attack built by ``build()`` on ``ctx`` (a pytree of arrays).
+def _spec_final(logits_fn, ctx, state, *, build, settings):
+    return build(logits_fn, *settings).final(ctx, state)
 
-    ``cache_key`` must identify ``build`` completely (attack name, logits_fn, static settings).
+
+def _spec_done(logits_fn, state, *, build, settings):
+    return build(logits_fn, *settings).done(state)
+
+
+spec_init, spec_chunk, spec_final, spec_done = (fn_jit(f) for f in (_spec_init, _spec_chunk, _spec_final, _spec_done))
+
+
+def run_spec(build, settings: tuple, logits_fn, ctx):
+    """Runs the iterative attack ``build(logits_fn, *settings) -> Spec`` on ``ctx`` (a pytree of arrays).
+
+    ``build`` is a module-level function and ``settings`` a hashable tuple: with the static
+    part of ``logits_fn`` they key jit's cache, so each (attack, settings, architecture,
+    shapes) compiles once whatever the weights.
     """
-    if is_traced(ctx):
-        spec = build()
+    if is_traced(logits_fn, ctx):
+        spec = build(logits_fn, *settings)
         state = spec.init(ctx)
         state = traced_loop(spec.n, lambda i, s: spec.step(ctx, i, s), state)
         return spec.final(ctx, state)
-    spec, init, chunk, final, done = _compiled(cache_key, build)
-    state = init(ctx)
+    host = build(logits_fn, *settings)  # cheap: reads n and whether the attack can stop early
+    kw = dict(build=build, settings=tuple(settings))
+    state = spec_init(logits_fn, ctx, **kw)
     i = 0
-    while i < spec.n:
-        size = min(CHUNK, spec.n - i)
-        state = chunk(ctx, jnp.int32(i), state, size)
+    while i < host.n:
+        size = min(CHUNK, host.n - i)
+        state = spec_chunk(logits_fn, ctx, jnp.int32(i), state, size=size, **kw)
         i += size
-        if done is not None and i < spec.n and bool(done(state)):
+        if host.done is not None and i < host.n and bool(spec_done(logits_fn, state, **kw)):
             break
-    return final(ctx, state)
+    return spec_final(logits_fn, ctx, state, **kw)
 
 
 # ----------------------------------------------------------------------------- host-side worst case
@@ -180,11 +243,17 @@ def remaining_bucket(n: int, full: int) -> int:
     return min(b, full)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@fn_jit
 def fooled_and_margin(logits_fn, x, y):
     """(misclassified (B,) bool, margin (B,) logit units) of ``logits_fn`` at ``x``."""
     logits = logits_fn(x)
     return jnp.argmax(logits, 1) != y, losses.margin(logits, y)
+
+
+@fn_jit
+def margin_at(logits_fn, x, y):
+    """Margin z_y - max_{k != y} z_k (B,) of ``logits_fn`` at ``x`` (logit units)."""
+    return losses.margin(logits_fn(x), y)
 
 
 def attack_remaining(attack, logits_fn, x_np: np.ndarray, y_np: np.ndarray, key, robust: np.ndarray,

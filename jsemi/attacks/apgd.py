@@ -26,7 +26,8 @@ import numpy as np
 
 from jsemi.attacks import losses as L
 from jsemi.attacks._common import (
-    attack_remaining, bcast, check_setting_positive_int, fooled_and_margin, is_traced, run_spec, select, Spec, validate,
+    attack_remaining, bcast, check_setting_positive_int, fooled_and_margin, is_traced, margin_at, run_spec, select, Spec,
+    validate,
 )
 from jsemi.attacks.pgd import input_grad
 from jsemi.attacks.threat import LinfBall
@@ -147,19 +148,12 @@ def _run_apgd(logits_fn, x, y, key, threat, *, n_iter, loss, rho, target_rank=0)
     ctx = {"x": jnp.asarray(x), "y": jnp.asarray(y), "key": key, "threat": threat,
            "target_rank": jnp.asarray(target_rank, jnp.int32)}
     settings = (n_iter, loss, float(rho))
-    return run_spec(("apgd", logits_fn) + settings, lambda: _apgd_spec(logits_fn, *settings), ctx)
+    return run_spec(_apgd_spec, settings, logits_fn, ctx)
 
 
-def _margin_of(logits_fn, xa, y):
-    return L.margin(logits_fn(xa), y)
-
-
-_margin_jit = jax.jit(_margin_of, static_argnums=0)
-
-
-def _keep_better(logits_fn, x_cur, m_cur, x_new, y, traced):
+def _keep_better(logits_fn, x_cur, m_cur, x_new, y):
     """Per example keep the candidate with the lower margin (misclassified first)."""
-    m_new = _margin_of(logits_fn, x_new, y) if traced else _margin_jit(logits_fn, x_new, y)
+    m_new = margin_at(logits_fn, x_new, y)
     better = m_new < m_cur
     return select(better, x_new, x_cur), jnp.where(better, m_new, m_cur)
 
@@ -177,7 +171,6 @@ def apgd(logits_fn, x, y, key, threat, *, n_iter=100, loss="ce", restarts=1, rho
         raise ValueError(f"apgd loss must be 'ce' or 'dlr', got {loss!r} (use apgd_t for targeted DLR)")
     if loss == "dlr":
         num_classes_of(logits_fn, x)
-    traced = is_traced(x, y, key, threat)
     best, m = None, None
     for r in range(restarts):
         kr = key if restarts == 1 else jax.random.fold_in(key, r)
@@ -185,9 +178,9 @@ def apgd(logits_fn, x, y, key, threat, *, n_iter=100, loss="ce", restarts=1, rho
         if restarts == 1:
             return xa
         if best is None:
-            best, m = xa, (_margin_of(logits_fn, xa, y) if traced else _margin_jit(logits_fn, xa, y))
+            best, m = xa, margin_at(logits_fn, xa, y)
         else:
-            best, m = _keep_better(logits_fn, best, m, xa, y, traced)
+            best, m = _keep_better(logits_fn, best, m, xa, y)
     return best
 
 
@@ -222,19 +215,19 @@ def sequential_targets(run, logits_fn, x, y, key, threat, n_targets, restarts):
     """Runs ``run(x, y, key, target_rank, restart)`` for target ranks 1..n_targets.
 
     Concrete inputs: each run only sees the points not yet misclassified (gathered on the
-    host, padded to a power-of-two bucket), as in the reference implementation; under a
+    host, padded to a ``remaining_bucket`` size), as in the reference implementation; under a
     trace every run covers the whole batch and earlier successes are kept.  Per example the
     first success wins, else the lowest margin; points misclassified on clean inputs keep x.
     """
-    if is_traced(x, y, key, threat):
+    if is_traced(logits_fn, x, y, key, threat):
         best, m = None, None
         for t in range(1, n_targets + 1):
             for r in range(restarts):
                 xa = run(x, y, jax.random.fold_in(key, t * 1000 + r), t, r)
                 if best is None:
-                    best, m = xa, _margin_of(logits_fn, xa, y)
+                    best, m = xa, margin_at(logits_fn, xa, y)
                 else:
-                    cand, mc = _keep_better(logits_fn, best, m, xa, y, True)
+                    cand, mc = _keep_better(logits_fn, best, m, xa, y)
                     keep = m < 0
                     best, m = select(keep, best, cand), jnp.where(keep, m, mc)
         return best

@@ -6,8 +6,9 @@ returned x_adv is, per point, the first adversarial example found, else the cand
 the lowest margin; points misclassified on clean inputs keep x.
 
 With concrete inputs the still-robust points are gathered on the host and padded to a
-power-of-two bucket (so each attack compiles for at most log2(batch) shapes); inside a
-caller's trace every attack runs on the whole batch and the results are masked.
+bucket size (16, 32, 64, then multiples of 32: ``attacks._common.remaining_bucket``), so each
+attack compiles once per bucket and architecture, whatever the weights; inside a caller's
+trace every attack runs on the whole batch and the results are masked.
 
 Versions (L-inf and L2):
 - "standard": APGD-CE (100 iterations), APGD-T (100 iterations, min(9, K-1) targets),
@@ -88,7 +89,7 @@ def autoattack(logits_fn, x, y, key, threat, *, version="standard", attacks=None
     validate(logits_fn, x, y, key, threat)
     names = autoattack_attacks(version, threat, attacks)
     fns = [_make(n, n_iter, n_targets, n_queries) for n in names]
-    if is_traced(x, y, key, threat):
+    if is_traced(logits_fn, x, y, key, threat):
         return _autoattack_traced(logits_fn, x, y, key, threat, names, fns, return_info)
     x = jnp.asarray(x)
     y = jnp.asarray(y)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from jsemi.attacks import losses as L
-from jsemi.attacks._common import bcast, check_setting_positive_int, run_spec, select, Spec, validate
+from jsemi.attacks._common import check_setting_positive_int, run_spec, select, Spec, validate
 
 __all__ = ["cw_l2"]
 
@@ -79,4 +79,4 @@ def cw_l2(logits_fn, x, y, key, threat, *, c=1.0, kappa=0.0, steps=50, lr=0.01):
         raise ValueError(f"lr must be > 0, got {lr}")
     settings = (float(c), float(kappa), int(steps), float(lr))
     ctx = {"x": jnp.asarray(x), "y": jnp.asarray(y), "key": key, "threat": threat}
-    return run_spec(("cw", logits_fn) + settings, lambda: _cw_spec(logits_fn, *settings), ctx)
+    return run_spec(_cw_spec, settings, logits_fn, ctx)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jsemi.attacks import losses as L
-from jsemi.attacks._common import bcast, check_setting_positive_int, is_traced, run_spec, select, Spec, validate
+from jsemi.attacks._common import bcast, check_setting_positive_int, run_spec, select, Spec, validate
 from jsemi.attacks.apgd import default_n_targets, num_classes_of, sequential_targets
 from jsemi.attacks.threat import LinfBall
 
@@ -131,7 +131,7 @@ def _run_fab(logits_fn, x, y, key, threat, *, n_iter, alpha_max, eta, beta, rand
     ctx = {"x": jnp.asarray(x), "y": jnp.asarray(y), "key": key, "threat": threat,
            "target_rank": jnp.asarray(target_rank, jnp.int32)}
     settings = (int(n_iter), float(alpha_max), float(eta), float(beta), bool(random_start))
-    return run_spec(("fab", logits_fn) + settings, lambda: _fab_spec(logits_fn, *settings), ctx)
+    return run_spec(_fab_spec, settings, logits_fn, ctx)
 
 
 def fab_t(logits_fn, x, y, key, threat, *, n_iter=100, n_targets=None, restarts=1, alpha_max=0.1, eta=1.05, beta=0.9):

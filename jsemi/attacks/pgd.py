@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jsemi.attacks import losses as L
-from jsemi.attacks._common import check_setting_positive_int, dispatch, run_spec, select, Spec, validate
+from jsemi.attacks._common import check_setting_positive_int, dispatch, fn_jit, run_spec, select, Spec, validate
 
 __all__ = ["fgsm", "ifgsm", "pgd", "default_step_size", "input_grad"]
 
@@ -21,9 +21,6 @@ def loss_by_name(loss):
     if loss not in L.LOSSES:
         raise ValueError(f"loss must be one of {sorted(L.LOSSES)} or a callable, got {loss!r}")
     return L.LOSSES[loss]
-
-
-_loss_fn = loss_by_name
 
 
 def default_step_size(eps, steps: int):
@@ -41,15 +38,15 @@ def input_grad(logits_fn, loss_fn, x, *args):
     return jax.grad(obj, has_aux=True)(x)
 
 
-_input_grad = input_grad
-
-
 # ------------------------------------------------------------------------------------ FGSM
 def _fgsm_impl(logits_fn, x, y, key, threat, *, loss):
     del key
     g, _ = input_grad(logits_fn, loss_by_name(loss), x, y)
     eps = jnp.asarray(threat.eps, x.dtype)
     return threat.project(x + eps * threat.steepest(g), x)
+
+
+_fgsm_compiled = fn_jit(_fgsm_impl)
 
 
 def fgsm(logits_fn, x, y, key, threat, *, loss="ce"):
@@ -61,7 +58,7 @@ def fgsm(logits_fn, x, y, key, threat, *, loss="ce"):
     """
     validate(logits_fn, x, y, key, threat)
     loss_by_name(loss)
-    return dispatch(_fgsm_impl, logits_fn, x, y, key, threat, loss=loss)
+    return dispatch(_fgsm_compiled, logits_fn, x, y, key, threat, loss=loss)
 
 
 # ------------------------------------------------------------------------------------- PGD
@@ -143,7 +140,7 @@ def _run_pgd(logits_fn, x, y, key, threat, *, steps, step_size, restarts, random
     ctx = {"x": jnp.asarray(x), "y": jnp.asarray(y), "key": key, "threat": threat}
     if y_target is not None:
         ctx["y_target"] = jnp.asarray(y_target)
-    return run_spec(("pgd", logits_fn) + settings, lambda: _pgd_spec(logits_fn, *settings), ctx)
+    return run_spec(_pgd_spec, settings, logits_fn, ctx)
 
 
 def pgd(logits_fn, x, y, key, threat, *, steps=10, step_size=None, restarts=1, random_start=True,

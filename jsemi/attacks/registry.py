@@ -7,7 +7,7 @@ the name implies (L2 for "pgd-l2" and "cw", else L-inf).
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import inspect
 from typing import Callable
 
@@ -19,7 +19,7 @@ from jsemi.attacks.pgd import fgsm, ifgsm, pgd
 from jsemi.attacks.square import square
 from jsemi.attacks.threat import L2Ball, LinfBall, as_threat
 
-__all__ = ["ATTACK_NAMES", "get_attack", "default_threat"]
+__all__ = ["ATTACK_NAMES", "BoundAttack", "bind", "get_attack", "default_threat"]
 
 # name -> (function, fixed settings, required threat type or None)
 _TABLE = {
@@ -60,7 +60,46 @@ def _aliases(fn, settings: dict) -> dict:
     return out
 
 
-def get_attack(name: str, threat, **settings) -> Callable:
+def _frozen(v):
+    """Settings as hashable values (lists -> tuples), so a bound attack can key jit's cache."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_frozen(e) for e in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _frozen(e)) for k, e in v.items()))
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundAttack:
+    """``attack(logits_fn, x, y, key) -> x_adv``: an attack with its threat and settings bound.
+
+    A frozen value (hashable by name, function, threat and settings), so two bindings of the
+    same attack are equal and a jitted function taking it as a static argument compiles once.
+    """
+
+    name: str
+    fn: Callable
+    threat: object
+    items: tuple  # ((setting, value), ...) sorted, hashable
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.items)
+
+    @property
+    def __name__(self) -> str:  # progress bars and records use the attack's name
+        return self.name
+
+    def __call__(self, logits_fn, x, y, key):
+        return self.fn(logits_fn, x, y, key, self.threat, **self.settings)
+
+
+def bind(fn: Callable, threat, settings: dict | None = None, name: str | None = None) -> BoundAttack:
+    """Binds any attack with the common signature ``fn(logits_fn, x, y, key, threat, **settings)``."""
+    return BoundAttack(name or getattr(fn, "__name__", "custom"), fn, threat, _frozen(dict(settings or {})))
+
+
+def get_attack(name: str, threat, **settings) -> BoundAttack:
     """Returns ``attack(logits_fn, x, y, key) -> x_adv`` for ``name`` under ``threat``.
 
     ``settings`` are the keyword settings of the underlying function (e.g. steps=10,
@@ -80,13 +119,4 @@ def get_attack(name: str, threat, **settings) -> Callable:
     if unknown:
         raise TypeError(f"attack {name!r} has no setting(s) {unknown}; its settings: "
                         f"{[p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]}")
-
-    @functools.wraps(fn)
-    def attack(logits_fn, x, y, key):
-        return fn(logits_fn, x, y, key, threat, **kw)
-
-    attack.__name__ = name
-    attack.__qualname__ = name
-    attack.threat = threat
-    attack.settings = kw
-    return attack
+    return bind(fn, threat, kw, name)

@@ -11,14 +11,13 @@ example is misclassified or the query budget is spent.
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jsemi.attacks import losses as L
-from jsemi.attacks._common import bcast, check_setting_positive_int, dispatch, select, validate
+from jsemi.attacks._common import check_setting_positive_int, dispatch, fn_jit, select, validate
 from jsemi.attacks.threat import LinfBall
 
 __all__ = ["square", "p_selection"]
@@ -73,6 +72,9 @@ def _square_impl(logits_fn, x, y, key, threat, *, n_queries, p_init):
     return x_best
 
 
+_square_compiled = fn_jit(_square_impl)
+
+
 def square(logits_fn, x, y, key, threat, *, n_queries=5000, p_init=0.8):
     """Square Attack, L-inf.  ``n_queries`` model evaluations at most per example (5,000 in
     AutoAttack "standard").  Returns the point of lowest margin found (misclassified where
@@ -83,4 +85,4 @@ def square(logits_fn, x, y, key, threat, *, n_queries=5000, p_init=0.8):
     check_setting_positive_int(n_queries, "n_queries")
     if not 0 < p_init <= 1:
         raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-    return dispatch(_square_impl, logits_fn, x, y, key, threat, n_queries=int(n_queries), p_init=float(p_init))
+    return dispatch(_square_compiled, logits_fn, x, y, key, threat, n_queries=int(n_queries), p_init=float(p_init))
