@@ -33,7 +33,9 @@ the same architecture, and a split point a (or "# fb" = n - a):
    - a check that every fa* variable is bit-identical to the robust network's.
 
    The record is written to ``RUN/trials/trial_XXX.json`` atomically the moment the
-   trial finishes (``jsemi.runs``); a rerun skips finished trials.
+   trial finishes (``jsemi.runs``); a rerun skips finished trials.  Its curves (attacked
+   accuracy per epoch, threshold, rho per pair) go to ``RUN/metrics/trial_XXX/`` as
+   TensorBoard events and CSV (``jsemi.metrics``).
 
 Accuracies are fractions in [0, 1] in the records; ``k`` is in percentage points, as in
 the paper.  Every record is a deterministic function of (networks, data, config, trial
@@ -66,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsemi import partition
+from jsemi import metrics, partition
 from jsemi.attacks.threat import make_threat
 from jsemi.runs import RunDir, canonical_json, fingerprint
 from jsemi.train import (
@@ -74,10 +76,8 @@ from jsemi.train import (
     batch_indices,
     create_train_state,
     frozen_leaves_equal,
-    make_train_step,
-    to_unit_float,
-    train_epoch,
 )
+from jsemi.training_modes import make_train_step, train_epoch
 
 ALGORITHM_VERSION = 1
 
@@ -249,117 +249,52 @@ def bind_eval_attack(name: str, threat, settings: Mapping[str, Any]) -> Callable
     return bind_attack(name, threat, dict(settings), defaults=False)[0]
 
 
-# Attacks evaluated on concrete batches (host mode): AutoAttack gathers the still-robust
-# points between its attacks on the host, which only works outside a trace.
-HOST_ATTACKS = ("autoattack", "autoattack-rand", "autoattack-custom")
-
-
 class AttackedAccuracy:
-    """Compiled accuracy on attacked inputs with the variables as an argument.
+    """Attacked accuracy of ``model`` under ``attack`` (``attack=None``: clean accuracy) over a
+    dataset: a thin front of ``jsemi.evaluation`` with the variables as jit arguments.
 
-    Compiles once per (model, attack, batch shape) and is reused for every epoch and
-    trial (``jsemi.train.evaluate`` closes over the variables, so it would recompile for
-    each new set of weights).  ``attack=None`` gives clean accuracy.  Accuracy counts
-    argmax(f(x_adv)) == y.  Batch b uses ``fold_in(key, b)``; the last batch is padded.
-
-    ``host=True`` calls the attack with concrete batches instead of tracing it into the
-    compiled function (for AutoAttack, whose per-attack compaction of the still-robust
-    points needs concrete arrays); the attack then compiles once per call (per set of
-    weights), and the replicas of ``many`` are evaluated one after another.
+    Accuracy counts argmax(f(x_adv)) == y.  Batch b uses ``fold_in(key, b)``; the last batch
+    is padded.  Every call with weights of the same shapes reuses one compiled program (jit's
+    cache keys on the module, the attack and the shapes).  AutoAttack runs on concrete batches
+    (host mode, its still-robust points compacted between attacks; ``host=None`` detects it).
     """
 
-    def __init__(self, model, attack: Callable | None, batch_size: int = 500, host: bool = False):
-        self.model, self.attack, self.batch_size = model, attack, int(batch_size)
-        self.host = bool(host) and attack is not None
+    def __init__(self, model, attack: Callable | None, batch_size: int = 500, host: bool | None = None):
+        self.model, self.attack, self.batch_size, self.host = model, attack, int(batch_size), host
 
-        def correct(variables, x, y, key):
-            x = to_unit_float(x)
-            lf = lambda z: model.apply(variables, z, train=False)  # noqa: E731
-            if attack is not None:
-                x = jax.lax.stop_gradient(attack(lf, x, y, key))
-            return jnp.argmax(lf(x), -1) == y
+    def _fn(self, variables):
+        from jsemi.models import bind
 
-        def adversarial(variables, x, y, key):
-            x = to_unit_float(x)
-            if attack is None:
-                return x
-            return attack(lambda z: model.apply(variables, z, train=False), x, y, key)
-
-        def predict_correct(variables, x, y):
-            return jnp.argmax(model.apply(variables, to_unit_float(x), train=False), -1) == y
-
-        self._one = jax.jit(correct)
-        self._many = jax.jit(jax.vmap(correct, in_axes=(0, None, None, 0)))
-        self._adv = jax.jit(adversarial)
-        self._pred = jax.jit(predict_correct)
-
-    def _batches(self, images: np.ndarray, labels: np.ndarray):
-        n = images.shape[0]
-        bs = min(self.batch_size, n)
-        for b, s in enumerate(range(0, n, bs)):
-            xb, yb = images[s:s + bs], labels[s:s + bs]
-            m = xb.shape[0]
-            if m < bs:
-                xb = np.concatenate([xb, np.repeat(xb[-1:], bs - m, 0)])
-                yb = np.concatenate([yb, np.repeat(yb[-1:], bs - m, 0)])
-            yield b, xb, yb, m
-
-    def _host_adv(self, lf, xb, yb, key):
-        x = np.asarray(xb, np.float32) / 255.0 if xb.dtype == np.uint8 else np.asarray(xb, np.float32)
-        return self.attack(lf, x, np.asarray(yb), key)
+        return bind(self.model, partition._as_dict(variables))
 
     def __call__(self, variables, images: np.ndarray, labels: np.ndarray, key: jax.Array) -> float:
-        hits = 0
-        lf = (lambda z: self.model.apply(variables, z, train=False)) if self.host else None
-        for b, xb, yb, m in self._batches(images, labels):
-            kb = jax.random.fold_in(key, b)
-            if self.host:
-                ok = self._pred(variables, self._host_adv(lf, xb, yb, kb), yb)
-            else:
-                ok = self._one(variables, xb, yb, kb)
-            hits += int(np.sum(np.asarray(ok)[:m]))
-        return hits / images.shape[0]
+        from jsemi.evaluation import evaluate
+
+        res = evaluate(self._fn(variables), images, labels, key, self.attack, batch_size=self.batch_size,
+                       host=self.host)
+        return res["acc"] if self.attack is None else res["adv_acc"]
 
     def adversarial(self, variables, images: np.ndarray, labels: np.ndarray, key: jax.Array) -> np.ndarray:
         """The attacked inputs (float32 in [0, 1], host array) with the same batching and keys as ``__call__``."""
-        out = []
-        lf = (lambda z: self.model.apply(variables, z, train=False)) if self.host else None
-        for b, xb, yb, m in self._batches(images, labels):
-            kb = jax.random.fold_in(key, b)
-            xa = self._host_adv(lf, xb, yb, kb) if self.host else self._adv(variables, xb, yb, kb)
-            out.append(np.asarray(xa)[:m])
-        return np.concatenate(out).astype(np.float32, copy=False)
+        from jsemi.evaluation import attacked_inputs
+
+        if self.attack is None:
+            return _float_images(np.asarray(images))
+        return attacked_inputs(self._fn(variables), images, labels, key, self.attack, batch_size=self.batch_size,
+                               host=self.host)
 
     def many(self, stacked_variables, images: np.ndarray, labels: np.ndarray, keys: jax.Array) -> np.ndarray:
         """Accuracies (R,) of R stacked variable sets, replica r attacked with ``keys[r]``."""
-        if self.host:
-            r = int(jax.tree_util.tree_leaves(stacked_variables)[0].shape[0])
-            return np.array([self(_unstack(stacked_variables, i), images, labels, keys[i]) for i in range(r)])
-        hits = None
-        fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-        for b, xb, yb, m in self._batches(images, labels):
-            c = np.asarray(self._many(stacked_variables, xb, yb, fold(keys, b)))[:, :m].sum(1)
-            hits = c if hits is None else hits + c
-        return hits / images.shape[0]
+        from jsemi.evaluation import evaluate_many
 
-
-_EVALUATORS: dict = {}
+        res = evaluate_many(self._fn(stacked_variables), images, labels, keys, self.attack,
+                            batch_size=self.batch_size, host=self.host)
+        return res["acc"] if self.attack is None else res["adv_acc"]
 
 
 def _evaluator(model, config: "Alg1Config", attack: Callable | None) -> AttackedAccuracy:
-    """One compiled evaluator per (model, attack settings, batch size), shared across runs."""
-    key = (config.eval_attack, canonical_json(config.eval_attack_settings), config.norm, float(config.eps),
-           config.eval_batch_size)
-    try:
-        key = (model,) + key
-        hash(key)
-    except TypeError:
-        return AttackedAccuracy(model, attack, config.eval_batch_size, host=config.eval_attack in HOST_ATTACKS)
-    if key not in _EVALUATORS:
-        if len(_EVALUATORS) > 16:
-            _EVALUATORS.clear()
-        _EVALUATORS[key] = AttackedAccuracy(model, attack, config.eval_batch_size, host=config.eval_attack in HOST_ATTACKS)
-    return _EVALUATORS[key]
+    """The run's evaluator: compiled once per run by jit (weights are arguments)."""
+    return AttackedAccuracy(model, attack, config.eval_batch_size)
 
 
 # ----------------------------------------------------------------------------- data helpers
@@ -537,41 +472,34 @@ def initial_measure(ctx: _Context) -> dict:
 
 
 def measure(ctx: _Context, variables: Mapping, key: jax.Array) -> dict:
-    """rho (every estimator) for pairs j = a+1..n, gamma_a and gamma_n, bound report, sensitivities."""
-    from jsemi.estimators.bounds import bound_report
-    from jsemi.estimators.network import layer_sensitivities
-    from jsemi.estimators.semirobust import layer_gammas
+    """rho (every estimator) for pairs j = a+1..n, gamma_a and gamma_n, bound report, sensitivities
+    (``jsemi.estimators.measure.measure_network`` on the evaluation attack's x_adv)."""
+    from jsemi.estimators.measure import measure_network
 
     cfg = ctx.config
     pidx = _stratified(ctx.train_y, cfg.probe_examples, cfg.seed + 1)
     px, py = _float_images(ctx.train_x[pidx]), ctx.train_y[pidx]
-    k_adv, k_rho, k_gamma = jax.random.split(key, 3)
-    x, x_adv, y = _measure_inputs(ctx, variables, k_adv)
-    rhos = _rhos(ctx, variables, x_adv, y, k_rho)
+    x, x_adv, y = _measure_inputs(ctx, variables, jax.random.fold_in(key, 1))
     gx, gy = x, y
     if cfg.gamma_examples is not None and cfg.gamma_examples < y.shape[0]:
         gi = _stratified(y, cfg.gamma_examples, cfg.seed + 2)
         gx, gy = x[gi], y[gi]
-    gammas = layer_gammas(ctx.model, variables, gx, gy, k_gamma, threat=ctx.threat, layers=[ctx.a, ctx.n],
-                          attack=cfg.gamma_attack, attack_settings=cfg.gamma_attack_settings,
-                          probe_x=px, probe_y=py, batch_size=min(cfg.eval_batch_size, 256))
-    sens = layer_sensitivities(ctx.model, variables, x, x_adv, batch_size=min(cfg.eval_batch_size, 256))
-    primary = cfg.rho_estimators[0]
-    report = bound_report(gammas, rhos[primary], ctx.n, [ctx.a], sensitivities=sens,
-                          settings={"rho_estimator": primary, "rho_settings": cfg.rho_settings.get(primary, {}),
-                                    "gamma_attack": cfg.gamma_attack, "gamma_attack_settings": cfg.gamma_attack_settings,
-                                    "measure_examples": int(x.shape[0]), "gamma_examples": int(gx.shape[0]),
-                                    "probe_examples": int(px.shape[0]),
-                                    "rho_inputs": "clean" if x_adv is x else f"{cfg.eval_attack} (eval attack)"})
-    g = {int(r["layer"]): r for r in gammas}
+    m = measure_network(
+        ctx.model, variables, x, y, key, threat=ctx.threat, splits=[ctx.a], x_adv=x_adv, rho_layers=ctx.fb,
+        rho_estimators=cfg.rho_estimators, rho_settings=cfg.rho_settings, gamma_layers=[ctx.a, ctx.n],
+        gamma_x=gx, gamma_y=gy, gamma_attack=cfg.gamma_attack, gamma_attack_settings=cfg.gamma_attack_settings,
+        probe_x=px, probe_y=py, batch_size=min(cfg.eval_batch_size, 256),
+        settings={"measure_examples": int(x.shape[0]),
+                  "rho_inputs": "clean" if x_adv is x else f"{cfg.eval_attack} (eval attack)"})
+    g = {int(r["layer"]): r for r in m.gammas}
     return {
-        "rho": rhos,
-        "rho_estimator": primary,
+        "rho": {est: [_strip(r) for r in rs] for est, rs in m.rhos.items()},
+        "rho_estimator": m.primary,
         "gamma_a": _strip(g[ctx.a]),
         "gamma_b": _strip(g[ctx.n]),
-        "bound": report.to_dict(),
-        "bound_markdown": report.to_markdown(),
-        "sensitivity": sens,
+        "bound": m.report.to_dict(),
+        "bound_markdown": m.report.to_markdown(),
+        "sensitivity": m.sensitivities,
         "measure_examples": int(x.shape[0]),
     }
 
@@ -795,6 +723,7 @@ def algorithm1(
         if rd is not None:
             rd.save_trial(t, rec)
             rec = rd.load_trial(t)
+            metrics.log_alg1_trial(rd.path / metrics.METRICS_DIR, rec)  # TensorBoard + metrics.csv curves
         have[t] = rec
         ran.append(t)
         say(f"  trial {t}: Acc_sr={rec['acc_sr']:.4f} Acc~={rec['acc_tilde']:.4f} epochs={rec['epochs']} "

@@ -12,47 +12,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-from jsemi.cli._common import add_run_args, load_images, load_run, write_outputs
+from jsemi.cli._common import add_run_args, load_images, load_run, nonneg_float, nonneg_int, positive_int, write_outputs
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Registers ``jsemi estimate``: gamma_j, rho_j (with null controls), sensitivities and bounds."""
     p = subparsers.add_parser("estimate", help="semirobustness gamma, dependency rho and the Theorem 2/3 bounds of a run")
     add_run_args(p)
-    p.add_argument("--split", type=int, action="append", required=True,
+    p.add_argument("--split", type=positive_int, action="append", required=True,
                    help="split point a (fa = weight layers 1..a); repeat for several")
-    p.add_argument("--probe-subset", type=int, default=1000,
+    p.add_argument("--probe-subset", type=nonneg_int, default=1000,
                    help="training images for fitting the gamma probes (0 = fit on the evaluation images)")
-    p.add_argument("--ridge", type=float, default=1e-3, help="relative ridge of the closed-form probes")
+    p.add_argument("--ridge", type=nonneg_float, default=1e-3, help="relative ridge of the closed-form probes")
     p.add_argument("--probe-last-layer", action="store_true",
                    help="fit a ridge probe on the logits too (every gamma in one-hot target units) instead of the identity")
     p.add_argument("--gamma-layers", default="all", help="'all' or 'needed' (the split points and n)")
     p.add_argument("--gamma-attack", default="pgd", help="attack against G_j o F(j) (registry name)")
-    p.add_argument("--gamma-steps", type=int, default=20)
-    p.add_argument("--gamma-restarts", type=int, default=5)
-    p.add_argument("--targets", type=int, default=0, help="also run targeted margin attacks on this many runner-up classes")
+    p.add_argument("--gamma-steps", type=positive_int, default=20)
+    p.add_argument("--gamma-restarts", type=positive_int, default=5)
+    p.add_argument("--targets", type=nonneg_int, default=0, help="also run targeted margin attacks on this many runner-up classes")
     p.add_argument("--rho-layers", default="all", help="'all' (every pair j-1, j) or 'needed' (j > the smallest split)")
     p.add_argument("--rho-attack", default="pgd", help="attack on the full network producing the data for rho")
-    p.add_argument("--rho-steps", type=int, default=10)
+    p.add_argument("--rho-steps", type=positive_int, default=10)
     p.add_argument("--estimator", default="edge", help="edge, ksg or gaussian (ksg / gaussian on a shared reduction)")
-    p.add_argument("--permutations", type=int, default=None, help="permutations for the null control and p-value")
-    p.add_argument("--reduce-dim", type=int, default=None, help="reduction dimension for ksg / gaussian")
+    p.add_argument("--permutations", type=positive_int, default=None, help="permutations for the null control and p-value")
+    p.add_argument("--reduce-dim", type=positive_int, default=None, help="reduction dimension for ksg / gaussian")
     p.set_defaults(func=run_estimate)
     return p
 
 
 def run_estimate(args: argparse.Namespace) -> int:
     """gamma_j (probes + attack), x_adv on the full network, rho_j with nulls, sensitivities, bounds."""
-    import jax
-
-    from jsemi.estimators.bounds import bound_report
-    from jsemi.estimators.network import adversarial_examples, layer_sensitivities, network_rhos
-    from jsemi.estimators.semirobust import layer_gammas, network_info
+    from jsemi.estimators.measure import measure_network
+    from jsemi.estimators.semirobust import logits_in_batches, network_info
 
     model, variables, meta, x, y, threat, info, key = load_run(args)
     n, _ = network_info(model, variables, x)
@@ -63,53 +59,29 @@ def run_estimate(args: argparse.Namespace) -> int:
     for opt in ("gamma_layers", "rho_layers"):
         if getattr(args, opt) not in ("all", "needed"):
             raise ValueError(f"--{opt.replace('_', '-')} must be 'all' or 'needed', got {getattr(args, opt)!r}")
-    timings = {}
     probe_x = probe_y = None
     if args.probe_subset:
         probe_x, probe_y = load_images(info["dataset"], "train", args.data_dir, args.probe_subset, args.seed)
-
-    t = time.perf_counter()
-    gamma_layers = None if args.gamma_layers == "all" else sorted(set(splits) | {n})
-    gammas = layer_gammas(model, variables, x, y, jax.random.fold_in(key, 1), threat=threat, layers=gamma_layers,
-                          attack=args.gamma_attack,
-                          attack_settings={"steps": args.gamma_steps, "restarts": args.gamma_restarts},
-                          targets=args.targets, probe_x=probe_x, probe_y=probe_y, ridge=args.ridge,
-                          identity_last=not args.probe_last_layer, batch_size=args.batch_size)
-    timings["gammas_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    rho_settings = {"steps": args.rho_steps}
-    x_adv = adversarial_examples(model, variables, x, y, jax.random.fold_in(key, 2), threat=threat,
-                                 attack=args.rho_attack, attack_settings=rho_settings, batch_size=args.batch_size)
-    timings["attack_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    rho_attack_settings = {"steps": args.rho_steps}
     est_kwargs = {k: v for k, v in (("permutations", args.permutations), ("reduce_dim", args.reduce_dim)) if v is not None}
-    rho_layers = None if args.rho_layers == "all" else range(splits[0] + 1, n + 1)
-    rhos = network_rhos(model, variables, x_adv, y, jax.random.fold_in(key, 3), layers=rho_layers, estimator=args.estimator,
-                        batch_size=args.batch_size, **est_kwargs)
-    timings["rhos_s"] = time.perf_counter() - t
-    sens = layer_sensitivities(model, variables, x, x_adv, batch_size=args.batch_size)
-
     settings = {**info, "probe_examples": None if probe_x is None else int(len(probe_x)),
-                "gamma_attack": args.gamma_attack, "gamma_steps": args.gamma_steps,
-                "gamma_restarts": args.gamma_restarts, "targets": args.targets, "ridge": args.ridge,
-                "probe_last_layer": bool(args.probe_last_layer),
-                "rho_attack": args.rho_attack, "rho_attack_settings": rho_settings, "estimator": args.estimator,
-                "estimator_settings": rhos[0].get("settings") if rhos else None, "timings": timings,
-                "network_adv_acc": float(np.mean(np.argmax(np.asarray(_logits(model, variables, x_adv, args.batch_size)), -1) == y))}
-    report = bound_report(gammas, rhos, n, splits, sensitivities=sens, settings=settings)
+                "gamma_steps": args.gamma_steps, "gamma_restarts": args.gamma_restarts, "targets": args.targets,
+                "ridge": args.ridge, "probe_last_layer": bool(args.probe_last_layer), "rho_attack": args.rho_attack,
+                "rho_attack_settings": rho_attack_settings, "estimator": args.estimator}
+    m = measure_network(
+        model, variables, x, y, key, threat=threat, splits=splits, attack=args.rho_attack,
+        attack_settings=rho_attack_settings, rho_layers=range(2, n + 1) if args.rho_layers == "all" else None,
+        rho_estimators=(args.estimator,), rho_settings={args.estimator: est_kwargs},
+        gamma_layers=range(1, n + 1) if args.gamma_layers == "all" else None, gamma_attack=args.gamma_attack,
+        gamma_attack_settings={"steps": args.gamma_steps, "restarts": args.gamma_restarts}, targets=args.targets,
+        probe_x=probe_x, probe_y=probe_y, ridge=args.ridge, identity_last=not args.probe_last_layer,
+        batch_size=args.batch_size, settings=settings)
+    gammas, rhos, report = m.gammas, m.rhos[args.estimator], m.report
+    report.settings.update(
+        estimator_settings=rhos[0].get("settings") if rhos else None, timings=m.timings,
+        network_adv_acc=float(np.mean(np.argmax(logits_in_batches(model, variables, m.x_adv, args.batch_size), -1) == y)))
     obj = {**report.to_dict(), "gamma_details": gammas, "rho_details": rhos}
     paths = write_outputs(Path(args.out), "estimate", obj, report.to_markdown())
     print(json.dumps({"out": paths, "splits": [{"a": s.a, "gamma_a": s.gamma_a, "theorem2": s.theorem2,
                                                  "gamma_b": s.gamma_b, "theorem3": s.theorem3} for s in report.splits]}))
     return 0
-
-
-def _logits(model, variables, x, batch_size):
-    import jax
-
-    from jsemi.estimators.semirobust import map_batches
-    from jsemi.models import logits_fn
-
-    f = jax.jit(logits_fn(model, variables))
-    return map_batches(f, [x], batch_size)[0]

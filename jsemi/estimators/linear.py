@@ -22,6 +22,7 @@ Accuracies are fractions in [0, 1].
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from jsemi.estimators.network import adversarial_examples
 from jsemi.estimators.semirobust import batch_slices, map_batches, network_info, ridge_solve, threat_dict
-from jsemi.models import layer_outputs
+from jsemi.models import bind, layer_outputs
 from jsemi.validation import check_images, check_labels, check_positive_int
 
 _HP = jax.lax.Precision.HIGHEST
@@ -75,16 +76,19 @@ def _rel_residual(pred: np.ndarray, z: np.ndarray) -> float:
     return float(np.linalg.norm(pred - z) / max(np.linalg.norm(z), 1e-30))
 
 
+@functools.partial(jax.jit, static_argnames=("max_a",))
+def _logits_and_features(fn, xb, *, max_a: int):
+    """(logits (B, K), outputs of weight layers 1..max_a flattened and concatenated (B, D))."""
+    logits, outs = layer_outputs(fn.model, fn.variables, xb)
+    return logits.astype(jnp.float32), jnp.concatenate([o.reshape(o.shape[0], -1).astype(jnp.float32)
+                                                        for o in outs[:max_a]], axis=1)
+
+
 def _features(model, variables, x, max_a: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """(A for layers 1..max_a concatenated, logits, cumulative column counts per layer)."""
 
-    @jax.jit
-    def fwd(v, xb):
-        logits, outs = layer_outputs(model, v, xb)
-        return logits.astype(jnp.float32), jnp.concatenate([o.reshape(o.shape[0], -1).astype(jnp.float32)
-                                                            for o in outs[:max_a]], axis=1)
-
-    logits, a = map_batches(lambda xb: fwd(variables, xb), [np.asarray(x)], batch_size)
+    fn = bind(model, variables)
+    logits, a = map_batches(lambda xb: _logits_and_features(fn, xb, max_a=max_a), [np.asarray(x)], batch_size)
     _, outs = jax.eval_shape(lambda xb: layer_outputs(model, variables, xb), jnp.asarray(x[:1]))
     ends = list(np.cumsum([math.prod(o.shape[1:]) for o in outs[:max_a]]))
     return a, logits, [int(e) for e in ends]

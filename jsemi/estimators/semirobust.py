@@ -25,6 +25,7 @@ on clean data), so probe margins and the network's logit margin are not on one s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -35,7 +36,7 @@ import numpy as np
 
 from jsemi.attacks.losses import margin
 from jsemi.estimators.bounds import jsonable
-from jsemi.models import layer_outputs
+from jsemi.models import bind, layer_outputs
 from jsemi.validation import check_images, check_labels, check_positive_int
 
 # The attack used for gamma unless the caller picks another: PGD with restarts on the margin
@@ -148,6 +149,18 @@ def map_batches(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int, key
     return [np.concatenate(parts, axis=0) for parts in zip(*outs)]
 
 
+@jax.jit
+def _apply(fn, xb):
+    return fn(xb)
+
+
+def logits_in_batches(model, variables, x, batch_size: int = 256) -> np.ndarray:
+    """Logits (N, K) of the network in eval mode on ``x`` (N, H, W, C), in padded batches
+    (the bound model is a jit argument: one compilation per architecture and batch shape)."""
+    fn = bind(model, variables)
+    return map_batches(lambda xb: _apply(fn, xb), [np.asarray(x)], batch_size)[0]
+
+
 # ----------------------------------------------------------------------------- attacks
 
 
@@ -165,7 +178,11 @@ def bind_attack(attack: str | Callable, threat, settings: Mapping[str, Any] | No
     a callable with the common signature ``attack(logits_fn, x, y, key, threat, **settings)``
     (e.g. ``jsemi.attacks.pgd``).  With ``defaults`` the settings of
     ``DEFAULT_ATTACK_SETTINGS`` for that name are applied first and overridden by ``settings``.
+    The bound attack is a hashable ``BoundAttack`` value, so jitted evaluators keyed on it
+    compile once per (attack, settings, threat).
     """
+    from jsemi.attacks.registry import bind, get_attack
+
     if callable(attack):
         name = getattr(attack, "__name__", "custom")
     elif isinstance(attack, str):
@@ -173,16 +190,31 @@ def bind_attack(attack: str | Callable, threat, settings: Mapping[str, Any] | No
     else:
         raise TypeError(f"attack must be a name or a callable, got {type(attack).__name__}")
     merged = {**(DEFAULT_ATTACK_SETTINGS.get(name, {}) if defaults else {}), **dict(settings or {})}
-    if callable(attack):
-        fn = attack
-
-        def bound(logits_fn, x, y, key):
-            return fn(logits_fn, x, y, key, threat, **merged)
-    else:
-        from jsemi.attacks.registry import get_attack
-
-        bound = get_attack(attack, threat, **merged)
+    bound = bind(attack, threat, merged, name) if callable(attack) else get_attack(attack, threat, **merged)
     return bound, name, merged
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "attack", "targets"))
+def _margins(params, x, y, key, *, score_fn, attack, targets):
+    f = lambda xx: score_fn(params, xx)
+    z0 = f(x)
+    m0 = margin(z0, y)
+    k0, kt = jax.random.split(key)
+    xa = jax.lax.stop_gradient(attack(f, x, y, k0))
+    worst = jnp.minimum(m0, margin(f(xa), y))
+    if targets:
+        order = jnp.argsort(-(z0 - 1e30 * jax.nn.one_hot(y, z0.shape[-1])), axis=-1)  # runner-ups first
+        zeros = jnp.zeros_like(y)
+        for i in range(targets):
+            t = order[:, i]
+
+            def pair(xx, t=t):
+                z = f(xx)
+                return jnp.stack([jnp.take_along_axis(z, y[:, None], 1)[:, 0], jnp.take_along_axis(z, t[:, None], 1)[:, 0]], -1)
+
+            xt = jax.lax.stop_gradient(attack(pair, x, zeros, jax.random.fold_in(kt, i)))
+            worst = jnp.minimum(worst, margin(f(xt), y))
+    return m0, worst
 
 
 def make_margin_evaluator(score_fn: Callable, attack: Callable, targets: int = 0) -> Callable:
@@ -194,30 +226,10 @@ def make_margin_evaluator(score_fn: Callable, attack: Callable, targets: int = 0
     margin attack on each of the T runner-up classes t of the clean scores).  Each targeted
     attack runs the same attack on the two-column scores (z_y, z_t) with label 0, whose
     margin is z_y - z_t (the exact minimiser for a linear model, like APGD-T's targets).
+    ``params`` are jit arguments; ``score_fn`` and ``attack`` are static (hashable values such
+    as ``LayerScore`` and ``BoundAttack`` compile once however often they are rebuilt).
     """
-    @jax.jit
-    def run(params, x, y, key):
-        f = lambda xx: score_fn(params, xx)
-        z0 = f(x)
-        m0 = margin(z0, y)
-        k0, kt = jax.random.split(key)
-        xa = jax.lax.stop_gradient(attack(f, x, y, k0))
-        worst = jnp.minimum(m0, margin(f(xa), y))
-        if targets:
-            order = jnp.argsort(-(z0 - 1e30 * jax.nn.one_hot(y, z0.shape[-1])), axis=-1)  # runner-ups first
-            zeros = jnp.zeros_like(y)
-            for i in range(targets):
-                t = order[:, i]
-
-                def pair(xx, t=t):
-                    z = f(xx)
-                    return jnp.stack([jnp.take_along_axis(z, y[:, None], 1)[:, 0], jnp.take_along_axis(z, t[:, None], 1)[:, 0]], -1)
-
-                xt = jax.lax.stop_gradient(attack(pair, x, zeros, jax.random.fold_in(kt, i)))
-                worst = jnp.minimum(worst, margin(f(xt), y))
-        return m0, worst
-
-    return run
+    return functools.partial(_margins, score_fn=score_fn, attack=attack, targets=int(targets))
 
 
 def attacked_margins(score_fn: Callable, params: Any, x, y, key, *, threat, attack: str | Callable = DEFAULT_GAMMA_ATTACK,
@@ -254,31 +266,38 @@ def collect_layer_outputs(model, variables, x, layers: Iterable[int], *, batch_s
     layers = tuple(sorted(set(int(j) for j in layers)))
     if not layers:
         return {}
-
-    @jax.jit
-    def fwd(v, xb):
-        _, outs = layer_outputs(model, v, xb)
-        if layers[-1] > len(outs) or layers[0] < 1:
-            raise ValueError(f"layer indices {layers} out of range 1..{len(outs)}")
-        sel = [outs[j - 1] for j in layers]
-        return tuple(o.reshape(o.shape[0], -1) if flatten else o for o in sel)
-
-    res = map_batches(lambda xb: fwd(variables, xb), [np.asarray(x)], batch_size)
+    fn = bind(model, variables)
+    res = map_batches(lambda xb: _selected_outputs(fn, xb, layers=layers, flatten=flatten), [np.asarray(x)], batch_size)
     return {j: r.astype(np.float32, copy=False) for j, r in zip(layers, res)}
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "flatten"))
+def _selected_outputs(fn, xb, *, layers: tuple, flatten: bool):
+    """Outputs of weight layers ``layers`` (1-based) of the bound model ``fn`` on a batch."""
+    _, outs = layer_outputs(fn.model, fn.variables, xb)
+    if layers[-1] > len(outs) or layers[0] < 1:
+        raise ValueError(f"layer indices {layers} out of range 1..{len(outs)}")
+    sel = [outs[j - 1] for j in layers]
+    return tuple(o.reshape(o.shape[0], -1) if flatten else o for o in sel)
 
 
 # ----------------------------------------------------------------------------- gamma
 
 
-def _layer_score_fn(model, j: int, identity: bool) -> Callable:
-    """Scores of G_j o F(j): the network's logits for the last layer, else the probe on layer j."""
+@dataclasses.dataclass(frozen=True)
+class LayerScore:
+    """Scores of G_j o F(j) as ``score(params, x)``, params = (variables, W, b): the network's
+    logits for the last layer (``identity``), else the ridge probe (W, b) on layer j's output.
+    A hashable value (the Flax module by value), so jitted evaluators compile once per layer."""
 
-    def score(params, xx):
+    model: Any
+    j: int
+    identity: bool
+
+    def __call__(self, params, xx):
         v, w, b = params
-        logits, outs = layer_outputs(model, v, xx)
-        return logits.astype(jnp.float32) if identity else apply_probe(w, b, outs[j - 1])
-
-    return score
+        logits, outs = layer_outputs(self.model, v, xx)
+        return logits.astype(jnp.float32) if self.identity else apply_probe(w, b, outs[self.j - 1])
 
 
 def layer_gammas(model, variables, x, y, key, *, threat, layers: Iterable[int] | None = None,
@@ -334,7 +353,7 @@ def layer_gammas(model, variables, x, y, key, *, threat, layers: Iterable[int] |
             fit_acc = float(np.mean(np.argmax(np.asarray(apply_probe(w, b, jnp.asarray(feats))), -1) == probe_y))
             del feats
         clean, worst, _, _ = attacked_margins(
-            _layer_score_fn(model, j, identity), (variables, w, b), x, y, jax.random.fold_in(key, j),
+            LayerScore(model, j, identity), (variables, w, b), x, y, jax.random.fold_in(key, j),
             threat=threat, attack=attack, attack_settings=attack_settings, targets=targets, batch_size=batch_size)
         row = {
             "layer": j,
