@@ -26,12 +26,16 @@ Design (no hand-written collectives anywhere):
   global batch``); ``shard_batch`` assembles the global array with
   ``jax.make_array_from_process_local_data``.  Outputs sharded along "data" are global
   arrays: read them with ``jax.experimental.multihost_utils.process_allgather`` (or use
-  the replicated metrics) on multi-host runs.
+  the replicated metrics) on multi-host runs.  Evaluation (``evaluate``, i.e.
+  ``jsemi.evaluation.evaluate`` with a mesh) instead takes the same full dataset on every
+  process; each process computes its devices' rows of each batch and the counts are summed
+  across processes inside the compiled program.  PRNG keys may be typed
+  (``jax.random.key``) or legacy uint32 keys.
 
 Typical use::
 
     mesh = sharding.make_mesh()
-    step = sharding.shard_train_step(train.make_train_step(model, config), mesh)
+    step = sharding.shard_train_step(training_modes.make_train_step(model, config), mesh)
     state = sharding.replicate(state, mesh)
     state, metrics = step(state, x, y, key)                       # x, y: host arrays
     x_adv = sharding.shard_attack(model, functools.partial(pgd, threat=LinfBall(0.1)), mesh)(
@@ -62,6 +66,7 @@ __all__ = [
     "replicated",
     "replicate",
     "shard_batch",
+    "shard_global_batch",
     "pad_to_multiple",
     "check_divisible",
     "data_parallel",
@@ -124,16 +129,34 @@ def _same_sharding(a, s: NamedSharding) -> bool:
         return sh == s
 
 
+def _is_key(a) -> bool:
+    return hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def _replicate_multiprocess(a, rep: NamedSharding):
+    """One leaf replicated over a multi-process mesh; typed PRNG keys travel as their key
+    data and are re-wrapped with the same implementation (NumPy cannot hold key arrays)."""
+    if not hasattr(a, "shape"):
+        return a
+    if _is_key(a):
+        data = jax.make_array_from_process_local_data(rep, np.asarray(jax.random.key_data(a)))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        return a  # already a global array
+    return jax.make_array_from_process_local_data(rep, np.asarray(a))
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every leaf of ``tree`` replicated on ``mesh`` (a no-op for leaves already there)."""
+    """Places every leaf of ``tree`` replicated on ``mesh`` (a no-op for leaves already there).
+
+    Typed keys (``jax.random.key``) and legacy uint32 keys both work, on one or many processes.
+    """
     rep = replicated(mesh)
     leaves = jax.tree_util.tree_leaves(tree)
     if leaves and all(_same_sharding(l, rep) for l in leaves if isinstance(l, jax.Array)):
         return tree
     if _multiprocess(mesh):
-        return jax.tree_util.tree_map(
-            lambda a: jax.make_array_from_process_local_data(rep, np.asarray(a)) if hasattr(a, "shape") else a, tree
-        )
+        return jax.tree_util.tree_map(lambda a: _replicate_multiprocess(a, rep), tree)
     return jax.device_put(tree, rep)
 
 
@@ -195,6 +218,23 @@ def shard_batch(mesh: Mesh, *arrays: Any) -> tuple[Any, ...] | Any:
     return out[0] if len(out) == 1 else tuple(out)
 
 
+def shard_global_batch(mesh: Mesh, a: Any) -> jax.Array:
+    """A *global* batch (the same host array on every process) split along "data".
+
+    Unlike :func:`shard_batch` (each process passes its own share), every process passes the
+    whole batch and materialises only the rows of its own devices, so single- and
+    multi-process runs see the same global batch.  The length must divide by the device count.
+    """
+    n = int(a.shape[0])
+    if n % num_shards(mesh):
+        raise ValueError(f"global batch of {n} rows does not split over the {num_shards(mesh)} devices of the mesh")
+    ds = data_sharding(mesh)
+    if not _multiprocess(mesh):
+        return a if isinstance(a, jax.Array) and _same_sharding(a, ds) else jax.device_put(a, ds)
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, ds, lambda idx: host[idx])
+
+
 # ----------------------------------------------------------------------------- generic wrapper
 
 
@@ -218,25 +258,12 @@ def data_parallel(
     mesh = _default_mesh(mesh)
     ds, rep = data_sharding(mesh), replicated(mesh)
     batch_argnums = tuple(batch_argnums)
-    compiled: dict[tuple, Callable] = {}
-
     out_sh = (ds if out_batched else rep) if isinstance(out_batched, bool) else tuple(
         ds if b else rep for b in out_batched)
-
-    def _jitted(nargs: int, none_mask: tuple[bool, ...]):
-        key = (nargs, none_mask)
-        if key not in compiled:
-            in_sh = tuple(
-                None if none_mask[i] else (ds if i in batch_argnums else rep) for i in range(nargs)
-            )
-            compiled[key] = jax.jit(
-                fn,
-                in_shardings=in_sh,
-                out_shardings=out_sh,
-                static_argnames=tuple(static_argnames) or None,
-                donate_argnums=tuple(donate_argnums),
-            )
-        return compiled[key]
+    # Input shardings are those of the placed arguments (batch split, the rest replicated), so
+    # one jit object serves every call; its cache keys on shapes, shardings and None-ness.
+    jitted = jax.jit(fn, out_shardings=out_sh, static_argnames=tuple(static_argnames) or None,
+                     donate_argnums=tuple(donate_argnums))
 
     def trim(out, n):
         if isinstance(out_batched, bool):
@@ -263,11 +290,9 @@ def data_parallel(
                 args[i] = shard_batch(mesh, args[i])
             else:
                 args[i] = replicate(args[i], mesh)
-        none_mask = tuple(a is None for a in args)
-        out = _jitted(len(args), none_mask)(*args, **kwargs)
+        out = jitted(*args, **kwargs)
         return trim(out, n) if padded else out
 
-    wrapped.mesh = mesh  # type: ignore[attr-defined]
     return wrapped
 
 
@@ -275,7 +300,7 @@ def data_parallel(
 
 
 def shard_train_step(step_fn: Callable, mesh: Mesh | None = None, *, donate: bool = False) -> Callable:
-    """Data-parallel version of a ``jsemi.train.make_train_step`` step.
+    """Data-parallel version of a ``jsemi.training_modes.make_train_step`` step.
 
     Returns ``step(state, x, y, key, extra=None)`` with the same results as ``step_fn``:
     (state, metrics) or, when ``extra`` (the ATTA perturbations of the batch) is given,
@@ -301,7 +326,6 @@ def shard_train_step(step_fn: Callable, mesh: Mesh | None = None, *, donate: boo
         return carried(state, x, y, key, shard_batch(mesh, extra))
 
     step.mesh = mesh  # type: ignore[attr-defined]
-    step.config = getattr(step_fn, "config", None)  # type: ignore[attr-defined]  # train_epoch dispatch
     return step
 
 
@@ -346,26 +370,14 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
 ) -> dict:
-    """Data-parallel counterpart of ``jsemi.train.evaluate`` (same arguments and result).
+    """``jsemi.evaluation.evaluate`` of ``bind(model, variables)`` on ``mesh`` (default: all devices).
 
-    Each batch of ``batch_size`` (rounded up to a multiple of the device count; the last
-    batch is padded) is split over the devices; attack keys are ``fold_in(key, b)`` for batch
-    b as in ``jsemi.train.evaluate``, so both give the same accuracies on any device count.
-    Returns {'acc', 'adv_acc' (None without attack), 'n'}.  Single process: on a multi-host
-    run, evaluate each host's share on ``make_mesh(jax.local_devices())`` and add the counts.
+    Same batching and keys as on one device, so both give the same accuracies on any device
+    or process count.  Multi-host: every process passes the same full dataset and gets the
+    same counts (summed across processes).  Returns {'n', 'acc', 'adv_acc', 'robust_acc'}.
     """
-    from jsemi.train import check_eval_data, correctness_fns, count_correct
+    from jsemi.evaluation import evaluate as _evaluate
+    from jsemi.models import bind
 
-    mesh = _default_mesh(mesh)
-    if _multiprocess(mesh):
-        raise ValueError("sharding.evaluate runs on one process: pass mesh=make_mesh(jax.local_devices()) "
-                         "on each host and add the hosts' counts")
-    labels = check_eval_data(images, labels, None)
-    bs = min(batch_size, images.shape[0])
-    m = _local_multiple(mesh)
-    clean, adv = correctness_fns(model, attack)
-    clean_fn = data_parallel(clean, mesh, batch_argnums=(1, 2), pad=False)
-    adv_fn = data_parallel(adv, mesh, batch_argnums=(1, 2), pad=False) if adv is not None else None
-    # one compiled shape: each batch padded to bs rounded up to the device count
-    return count_correct(clean_fn, adv_fn, replicate(variables, mesh), images, labels, key, batch_size=bs,
-                         padded_size=-(-bs // m) * m, progress=progress, desc=desc)
+    return _evaluate(bind(model, variables), images, labels, key, attack, batch_size=batch_size,
+                     mesh=_default_mesh(mesh), progress=progress, desc=desc)

@@ -1,15 +1,19 @@
-"""Robust accuracy over a dataset in batches, and over an eps grid in one compiled call."""
+"""Robust accuracy over a dataset in batches, and over an eps grid in one compiled call.
+
+Both use the batching of ``jsemi.evaluation`` (batches of min(batch_size, N), the last one
+padded by repeating its last example, batch i attacked with ``fold_in(key, i)``) and take
+the model function's arrays as jit arguments (``jsemi.models.bind``).
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsemi.attacks._common import check_key
-from jsemi.validation import check_images, check_labels
+from jsemi.validation import check_images, check_key, check_labels
 
 __all__ = ["robust_accuracy", "robust_correct", "robust_accuracy_eps_grid"]
 
@@ -29,61 +33,44 @@ def robust_accuracy(logits_fn, x, y, key, attack, batch_size: int = 256, progres
     """Fraction of examples still classified correctly on x and on attack(x).
 
     Args:
-      logits_fn: x -> logits (eval mode).
+      logits_fn: x -> logits (eval mode); ``jsemi.models.bind(model, variables)`` reuses the
+        compiled forward pass for new weights.
       x, y: the dataset (N, H, W, C) in [0, 1] and labels (N,) (numpy or jax arrays).
       key: jax PRNG key; batch i uses ``jax.random.fold_in(key, i)``, so results do not
         depend on anything but the key and the batch size.
       attack: ``callable(logits_fn, x, y, key) -> x_adv`` (e.g. from
-        ``jsemi.attacks.get_attack``) or None for clean accuracy.
+        ``jsemi.attacks.get_attack``) or None for clean accuracy.  It is called on each
+        concrete batch, exactly as a user calling it on that batch would.
       batch_size: the last batch is padded to this size (no recompilation).
       progress: show a tqdm progress bar.
       return_per_example: also return the boolean (N,) robust mask.
     """
+    from jsemi.evaluation import evaluate
+
     check_images(x, "x")
-    check_labels(y, name="y", batch=x.shape[0])
-    check_key(key)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    n = x.shape[0]
-    if n == 0:
-        raise ValueError("robust_accuracy needs at least one example")
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.int32)
-    fwd = _cached_forward(logits_fn)
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, total=-(-n // batch_size), desc=getattr(attack, "__name__", "attack"), unit="batch")
-    out = np.zeros((n,), bool)
-    for i, s in enumerate(starts):
-        xb, yb = x[s : s + batch_size], y[s : s + batch_size]
-        m = xb.shape[0]
-        if m < batch_size and n > batch_size:  # pad the tail to the common shape
-            reps = batch_size - m
-            xb = np.concatenate([xb, np.repeat(xb[-1:], reps, 0)])
-            yb = np.concatenate([yb, np.repeat(yb[-1:], reps, 0)])
-        xb, yb = jnp.asarray(xb), jnp.asarray(yb)
-        ok = fwd(xb, yb)
-        if attack is not None:
-            xa = attack(logits_fn, xb, yb, jax.random.fold_in(key, i))
-            ok = ok & fwd(xa, yb)
-        out[s : s + m] = np.asarray(ok)[:m]
-    acc = float(out.mean())
-    return (acc, out) if return_per_example else acc
+    res = evaluate(logits_fn, x, y, key, attack, batch_size=batch_size, host=True, per_example=return_per_example,
+                   progress=progress, desc=getattr(attack, "__name__", "attack"))
+    acc = res["acc"] if attack is None else res["robust_acc"]
+    if not return_per_example:
+        return acc
+    mask = res["correct"] if attack is None else res["correct"] & res["adv_correct"]
+    return acc, mask
 
 
-_FWD_CACHE: dict = {}
+def _grid(arrays, x, y, key, eps, threat, fn, attack):
+    from jsemi.attacks._common import join_fn
+
+    f = join_fn(fn, arrays)
+    clean = jnp.argmax(f(x), -1) == y
+
+    def one(e):
+        xa = attack(f, x, y, key, threat.with_eps(e))
+        return clean & (jnp.argmax(f(xa), -1) == y)
+
+    return jax.vmap(one)(eps)
 
 
-def _cached_forward(logits_fn):
-    f = _FWD_CACHE.get(id(logits_fn))
-    if f is None or f[0] is not logits_fn:
-        f = (logits_fn, jax.jit(lambda xb, yb: jnp.argmax(logits_fn(xb), -1) == yb))
-        if len(_FWD_CACHE) > 64:
-            _FWD_CACHE.clear()
-        _FWD_CACHE[id(logits_fn)] = f
-    return f[1]
+_grid_compiled = jax.jit(_grid, static_argnums=(6, 7))
 
 
 def robust_accuracy_eps_grid(logits_fn, x, y, key, attack, threat, eps_grid: Sequence[float],
@@ -91,10 +78,13 @@ def robust_accuracy_eps_grid(logits_fn, x, y, key, attack, threat, eps_grid: Seq
     """Robust accuracy for every eps of ``eps_grid`` with one compiled call per batch.
 
     ``attack(logits_fn, x, y, key, threat)`` is any jsemi attack with its settings bound
-    (e.g. ``functools.partial(pgd, steps=10)``); it is vmapped over ``threat.with_eps(eps)``
-    for eps in the grid, with the same key for every eps.  Returns an array (len(eps_grid),).
+    (e.g. ``functools.partial(pgd, steps=10)``; build it once to reuse the compiled program);
+    it is vmapped over ``threat.with_eps(eps)`` for eps in the grid, with the same key for
+    every eps.  Returns an array (len(eps_grid),).
     """
+    from jsemi.attacks._common import split_fn
     from jsemi.attacks.threat import as_threat
+    from jsemi.evaluation import _batches, _progress, batch_plan
 
     threat = as_threat(threat)
     check_images(x, "x")
@@ -106,30 +96,13 @@ def robust_accuracy_eps_grid(logits_fn, x, y, key, attack, threat, eps_grid: Seq
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
     n = x.shape[0]
-
-    @jax.jit
-    def grid_correct(xb, yb, kb, eps_arr):
-        clean = jnp.argmax(logits_fn(xb), -1) == yb
-
-        def one(e):
-            xa = attack(logits_fn, xb, yb, kb, threat.with_eps(e))
-            return clean & (jnp.argmax(logits_fn(xa), -1) == yb)
-
-        return jax.vmap(one)(eps_arr)
-
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, total=-(-n // batch_size), desc="eps grid", unit="batch")
+    if n == 0:
+        raise ValueError("robust_accuracy_eps_grid needs at least one example")
+    fn, arrays = split_fn(logits_fn)
+    bs, padded = batch_plan(n, batch_size)
     total = np.zeros(eps.size)
-    for i, s in enumerate(starts):
-        xb, yb = x[s : s + batch_size], y[s : s + batch_size]
-        m = xb.shape[0]
-        if m < batch_size and n > batch_size:
-            reps = batch_size - m
-            xb = np.concatenate([xb, np.repeat(xb[-1:], reps, 0)])
-            yb = np.concatenate([yb, np.repeat(yb[-1:], reps, 0)])
-        ok = np.asarray(grid_correct(jnp.asarray(xb), jnp.asarray(yb), jax.random.fold_in(key, i), jnp.asarray(eps)))
+    for i, idx, _, m in _progress(_batches(n, bs, padded), -(-n // bs), progress, "eps grid"):
+        ok = np.asarray(_grid_compiled(arrays, x[idx], y[idx], jax.random.fold_in(key, i), jnp.asarray(eps), threat,
+                                       fn, attack))
         total += ok[:, :m].sum(axis=1)
     return total / n
