@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jsemi.cli import alg1, demo, estimate, evaluate, linear, reproduce, s1, sweep, table_s5, train
+from jsemi.cli import alg1, demo, estimate, evaluate, linear, reproduce, s1, study, sweep, table_s5, train
 from jsemi.cli._common import EXIT_USAGE
 
 # subcommand modules, in the order ``jsemi --help`` lists them; each has add_parser(sub)
-SUBCOMMANDS = (train, evaluate, estimate, linear, alg1, demo, reproduce, sweep, s1, table_s5)
+SUBCOMMANDS = (train, evaluate, estimate, linear, alg1, demo, reproduce, sweep, s1, table_s5, study)
 
 
 def build_parser() -> argparse.ArgumentParser:
