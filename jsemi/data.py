@@ -26,7 +26,10 @@ TFDS reading
     ``tfrecord`` format cannot be read by ``tfds.data_source``; it is then read with
     ``tfds.load`` if TensorFlow is importable (a warning says so), else the error says
     how to rebuild it.  ``data_dir=None`` means TFDS' default (``$TFDS_DATA_DIR`` or
-    ``~/tensorflow_datasets``).  Nothing is ever downloaded implicitly.
+    ``~/tensorflow_datasets``).  Nothing is ever downloaded implicitly: on a networked
+    machine ``load_dataset(..., download=True)`` (the ``--download`` flag of the jsemi
+    subcommands) prepares a missing TFDS dataset with tfds' own builder as array_record
+    (:func:`prepare_tfds`); offline it fails with the command to run elsewhere.
 ``tiny_imagenet``
     Not a builder in tensorflow-datasets 4.9; read from the standard
     ``tiny-imagenet-200`` directory (as unpacked from the cs231n zip) found at
@@ -180,6 +183,7 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     subset: int | None = None,
     seed: int = 0,
+    download: bool = False,
     **options: Any,
 ) -> Dataset:
     """Loads one split of ``name`` (see the module docstring for the sources).
@@ -191,13 +195,16 @@ def load_dataset(
         folder holding ``tiny-imagenet-200``); None means each source's default.
       subset: keep a deterministic, class-stratified subset of this many examples.
       seed: seeds the subset choice and the synthetic data.
+      download: prepare a TFDS-backed dataset (``fashion_mnist`` without IDX files,
+        ``mnist``, ``cifar10``, ``cifar100``) with :func:`prepare_tfds` if it is not
+        prepared yet (needs network); no effect on the other datasets.
       **options: source-specific options (``digits``: image_size, pad; ``synthetic``:
         num_examples, image_shape, num_classes, noise).
 
     Raises:
       ValueError: unknown name, split, option or a bad subset size.
-      DatasetNotFoundError: the data is not available locally (the message says which
-        command fetches it).
+      DatasetNotFoundError: the data is not available locally, or ``download=True`` failed
+        (the message says which command fetches it).
       IDXFormatError: a corrupt IDX file.
     """
     if name not in _LOADERS:
@@ -209,7 +216,11 @@ def load_dataset(
     if unknown:
         accepted = ", ".join(allowed) if allowed else "none"
         raise ValueError(f"dataset {name!r} got unknown options {unknown}; accepted: {accepted}")
+    if not isinstance(download, bool):
+        raise ValueError(f"download must be True or False, got {download!r}")
     data_dir = None if data_dir is None else Path(data_dir).expanduser()
+    if name in _TFDS_NAMES:
+        options = {**options, "download": download}
     ds = loader(split, data_dir=data_dir, seed=seed, **options)
     if subset is not None:
         check_positive_int(subset, "subset")
@@ -238,6 +249,36 @@ def fetch_command(name: str, data_dir: str | os.PathLike | None = None) -> str:
     if name == "fashion_mnist":
         return f"sudo apt-get install dataset-fashion-mnist  (or: {tfds_cmd})"
     return tfds_cmd
+
+
+def prepare_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Downloads and prepares the TFDS dataset behind ``name`` with tfds' own builder
+    (``tfds.builder(..., file_format="array_record").download_and_prepare()``, the format
+    ``tfds.data_source`` reads), unless it is prepared already; returns the builder's data
+    directory.  Needs network (and, for some builders, TensorFlow).
+
+    Raises:
+      ValueError: ``name`` is not served by tensorflow-datasets.
+      DatasetNotFoundError: the download or preparation failed (offline, say); the
+        message names the command to run on a machine with network.
+    """
+    if name not in _TFDS_NAMES:
+        raise ValueError(f"{name!r} is not a tensorflow-datasets dataset; these are: {', '.join(_TFDS_NAMES)}")
+    import tensorflow_datasets as tfds
+
+    tfds_dir = None if data_dir is None else os.fspath(Path(data_dir).expanduser())
+    builder = tfds.builder(_TFDS_NAMES[name], data_dir=tfds_dir, file_format="array_record")
+    if not builder.is_prepared():
+        try:
+            builder.download_and_prepare()
+        except Exception as err:  # network, TensorFlow or disk: all leave the dataset unprepared
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise DatasetNotFoundError(
+                f"could not download and prepare {name!r} with tensorflow-datasets ({type(err).__name__}: {first}). "
+                f"Is this machine offline? On one with network run: {fetch_command(name, data_dir)} "
+                f"-- then copy the prepared directory here and pass its parent as data_dir"
+            ) from err
+    return Path(os.fspath(builder.data_dir))
 
 
 def stratified_indices(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray:
@@ -464,7 +505,8 @@ def _load_idx_pair(folder: Path, split: str, num_classes: int, source: str) -> t
 # --------------------------------------------------------------------------------------
 
 
-def _load_mnist_like(name: str, split: str, *, data_dir: Path | None, seed: int, system_dir: Path | None) -> Dataset:
+def _load_mnist_like(name: str, split: str, *, data_dir: Path | None, seed: int, system_dir: Path | None,
+                     download: bool = False) -> Dataset:
     del seed
     class_names = FASHION_MNIST_CLASSES if name == "fashion_mnist" else _DIGIT_CLASSES
     folder = data_dir if data_dir is not None else system_dir
@@ -477,23 +519,24 @@ def _load_mnist_like(name: str, split: str, *, data_dir: Path | None, seed: int,
         if folder is not None
         else None
     )
-    return _load_tfds(name, split, data_dir=data_dir, note=idx_note)
+    return _load_tfds(name, split, data_dir=data_dir, note=idx_note, download=download)
 
 
-def _load_fashion_mnist(split, *, data_dir, seed):
-    return _load_mnist_like("fashion_mnist", split, data_dir=data_dir, seed=seed, system_dir=FASHION_MNIST_SYSTEM_DIR)
+def _load_fashion_mnist(split, *, data_dir, seed, download=False):
+    return _load_mnist_like("fashion_mnist", split, data_dir=data_dir, seed=seed, system_dir=FASHION_MNIST_SYSTEM_DIR,
+                            download=download)
 
 
-def _load_mnist(split, *, data_dir, seed):
-    return _load_mnist_like("mnist", split, data_dir=data_dir, seed=seed, system_dir=None)
+def _load_mnist(split, *, data_dir, seed, download=False):
+    return _load_mnist_like("mnist", split, data_dir=data_dir, seed=seed, system_dir=None, download=download)
 
 
-def _load_cifar10(split, *, data_dir, seed):
-    return _load_tfds("cifar10", split, data_dir=data_dir)
+def _load_cifar10(split, *, data_dir, seed, download=False):
+    return _load_tfds("cifar10", split, data_dir=data_dir, download=download)
 
 
-def _load_cifar100(split, *, data_dir, seed):
-    return _load_tfds("cifar100", split, data_dir=data_dir)
+def _load_cifar100(split, *, data_dir, seed, download=False):
+    return _load_tfds("cifar100", split, data_dir=data_dir, download=download)
 
 
 def _tensorflow_importable() -> bool:
@@ -504,14 +547,18 @@ def _tensorflow_importable() -> bool:
     return True
 
 
-def _load_tfds(name: str, split: str, *, data_dir: Path | None, note: str | None = None) -> Dataset:
-    """Reads a prepared TFDS dataset into memory with ``tfds.data_source`` (no TensorFlow).
+def _load_tfds(name: str, split: str, *, data_dir: Path | None, note: str | None = None,
+               download: bool = False) -> Dataset:
+    """Reads a prepared TFDS dataset into memory with ``tfds.data_source`` (no TensorFlow),
+    preparing it first with :func:`prepare_tfds` when ``download``.
 
     This is the only TFDS entry point, so ``tfds.testing.mock_data`` exercises exactly
     the code used with real data.
     """
     import tensorflow_datasets as tfds
 
+    if download:
+        prepare_tfds(name, data_dir)
     tfds_name = _TFDS_NAMES[name]
     tfds_dir = None if data_dir is None else os.fspath(data_dir)
     try:
@@ -544,6 +591,7 @@ def _load_tfds(name: str, split: str, *, data_dir: Path | None, note: str | None
         raise DatasetNotFoundError(
             f"dataset {name!r} ({split}) is not available offline: {why}tensorflow-datasets' {tfds_name!r} is "
             f"{where}{extra}. Fetch it with: {fetch_command(name, data_dir)}"
+            + ("" if prepared else " -- or, with network, pass download=True (the --download flag of jsemi)")
         ) from err
 
     label = source.dataset_info.features["label"]
@@ -669,7 +717,8 @@ def _load_synthetic(
     return Dataset("synthetic", split, images, labels, num_classes=num_classes)
 
 
-# name -> (loader(split, *, data_dir, seed, **options), accepted option names)
+# name -> (loader(split, *, data_dir, seed, **options), accepted option names); the TFDS-backed
+# loaders also take ``download``
 _LOADERS = {
     "fashion_mnist": (_load_fashion_mnist, ()),
     "mnist": (_load_mnist, ()),

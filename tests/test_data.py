@@ -219,6 +219,82 @@ def test_tfds_tfrecord_without_tensorflow_says_how_to_fix(prepared_mnist, tmp_pa
         data.load_dataset("mnist", "train", data_dir=root)
 
 
+# download=True: tfds' own builder prepares the dataset (stubbed here: nothing leaves the machine)
+
+
+class _CountingFakeMNIST(_FakeMNIST, skip_registration=True):
+    name = "mnist"
+    prepared_calls = 0
+
+    def download_and_prepare(self, *args, **kwargs):
+        type(self).prepared_calls += 1
+        return super().download_and_prepare(*args, **kwargs)
+
+
+def test_download_prepares_with_the_tfds_builder_once(tmp_path, monkeypatch):
+    """A stub tfds.builder (MNIST's real builder, known images, no download) behind load_dataset(download=True):
+    the dataset is prepared as array_record under data_dir, read back exactly, and not prepared again."""
+    made = []
+
+    def builder(name, *, data_dir, file_format=None):
+        made.append((name, data_dir, file_format))
+        return _CountingFakeMNIST(data_dir=data_dir, file_format=file_format)
+
+    monkeypatch.setattr(tfds, "builder", builder)
+    with pytest.raises(data.DatasetNotFoundError, match=r"pass download=True \(the --download flag of jsemi\)"):
+        data.load_dataset("mnist", "test", data_dir=tmp_path)  # not prepared, download=False: nothing fetched
+    assert _CountingFakeMNIST.prepared_calls == 0
+    ds = data.load_dataset("mnist", "test", data_dir=tmp_path, download=True)
+    assert made[-1] == ("mnist", str(tmp_path), "array_record") and _CountingFakeMNIST.prepared_calls == 1
+    assert (tmp_path / "mnist" / "3.0.1" / "dataset_info.json").is_file()
+    got = {(ds.images[i, ..., 0].tobytes(), int(ds.labels[i])) for i in range(len(ds))}
+    assert got == {(im.tobytes(), i % 10) for i, im in enumerate(_FakeMNIST.images)}
+    again = data.load_dataset("mnist", "train", data_dir=tmp_path, download=True, subset=5)
+    assert len(again) == 5 and _CountingFakeMNIST.prepared_calls == 1  # prepared already: no second download
+    assert data.prepare_tfds("mnist", tmp_path) == tmp_path / "mnist" / "3.0.1"
+
+
+@pytest.mark.parametrize("name", ["cifar10", "fashion_mnist"])
+def test_download_under_mock_data(tmp_path, monkeypatch, name):
+    """The real builders under tfds.testing.mock_data (download_and_prepare is a no-op there)."""
+    real, calls = tfds.builder, []
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tfds, "builder", spy)
+    with tfds.testing.mock_data(num_examples=10):
+        ds = data.load_dataset(name, "test", data_dir=tmp_path, download=True)
+    assert len(ds) == 10 and calls[0] == ((name,), {"data_dir": str(tmp_path), "file_format": "array_record"})
+
+
+def test_download_offline_names_the_command(tmp_path, monkeypatch):
+    class Offline:
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self):
+            raise ConnectionError("Failed to establish a new connection: [Errno -3] name resolution")
+
+    monkeypatch.setattr(tfds, "builder", lambda name, **kw: Offline())
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load_dataset("cifar10", "train", data_dir=tmp_path, download=True)
+    msg = str(err.value)
+    assert "could not download and prepare 'cifar10'" in msg and "ConnectionError" in msg and "offline" in msg
+    assert f"tfds build cifar10 --file_format=array_record --data_dir={tmp_path}" in msg
+
+
+def test_download_argument_checks_and_non_tfds_datasets(monkeypatch):
+    monkeypatch.setattr(tfds, "builder", lambda *a, **k: pytest.fail("no TFDS builder for bundled data"))
+    assert len(data.load_dataset("digits", "test", download=True)) == 360
+    assert len(data.load_dataset("synthetic", "test", num_examples=8, download=True)) == 8
+    with pytest.raises(ValueError, match="download must be True or False"):
+        data.load_dataset("digits", "test", download="yes")
+    with pytest.raises(ValueError, match="not a tensorflow-datasets dataset"):
+        data.prepare_tfds("tiny_imagenet")
+
+
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
 def test_missing_tfds_dataset_names_the_fetch_command(tmp_path, name):
     with pytest.raises(data.DatasetNotFoundError) as err:

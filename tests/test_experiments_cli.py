@@ -67,3 +67,18 @@ def test_alg1_config_accepts_an_experiment_name():
 
     assert _base_config("cpu") == configs.CPU.alg1
     assert _base_config("paper-resnet18-cifar10") == configs.PAPER["resnet18-cifar10"].alg1
+
+
+def test_download_flag_reaches_load_dataset(monkeypatch):
+    """--download on every experiment subcommand; load_data passes it to jsemi.data.load_dataset."""
+    import jsemi.data
+    from jsemi.experiments.pipeline import load_data
+
+    p = build_parser()
+    for argv in (["demo"], ["reproduce", "cpu"], ["sweep", "k"], ["s1"], ["table-s5"]):
+        assert p.parse_args(argv).download is False and p.parse_args(argv + ["--download"]).download is True
+    seen = []
+    monkeypatch.setattr(jsemi.data, "load_dataset", lambda name, split, **kw: seen.append((name, split, kw)) or split)
+    assert load_data(configs.CPU, "/data", download=True) == ("train", "test")
+    assert [(n, s, kw["download"], kw["data_dir"]) for n, s, kw in seen] == [
+        ("fashion_mnist", "train", True, "/data"), ("fashion_mnist", "test", True, "/data")]

@@ -143,6 +143,102 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
     assert list((tmp_path / "out" / "alg1" / "fb2" / "trials").glob("*.json"))
 
 
+# ----------------------------------------------------------------------------- the install cell
+
+
+def _install_cell(name: str = "01_quickstart.ipynb") -> str:
+    nb = nbformat.read(COLAB / name, as_version=4)
+    i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    assert "JSEMI_PIP = None" in nb.cells[i].source
+    return nb.cells[i + 1].source  # right after the parameters cell
+
+
+def test_install_cell_is_identical_in_every_notebook():
+    cells = {p.name: _install_cell(p.name) for p in sorted(COLAB.glob("*.ipynb"))}
+    assert len(set(cells.values())) == 1, "the install cell differs between notebooks"
+    src = next(iter(cells.values()))
+    assert "def ensure_jsemi" in src and src.rstrip().endswith("ensure_jsemi(JSEMI_PIP).__version__)")
+    assert len(src.splitlines()) <= 40 and '"-e"' not in src  # never an editable install of a checkout
+
+
+def _ensure_jsemi(monkeypatch, calls: list):
+    """ensure_jsemi as the cell defines it (its last line, the call, left out), with pip recorded, never run."""
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "run", lambda argv, check: calls.append(argv[3:]))
+    definition, call = _install_cell().rstrip().rsplit("\n", 1)
+    assert call.startswith("print(") and "ensure_jsemi(JSEMI_PIP)" in call
+    ns: dict = {}
+    exec(compile(definition, "<install cell>", "exec"), ns)
+    return ns["ensure_jsemi"]
+
+
+def _checkout(root: Path) -> Path:
+    (root / "jsemi").mkdir(parents=True)
+    (root / "jsemi" / "__init__.py").write_text("")
+    (root / "pyproject.toml").write_text("[project]\nname = 'jsemi'\n")
+    (root / "colab").mkdir()
+    return root
+
+
+def _not_installed(monkeypatch):
+    import importlib.metadata as md
+
+    real = md.distribution
+
+    def distribution(name):
+        if name == "jsemi":
+            raise md.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(md, "distribution", distribution)
+
+
+def test_install_cell_keeps_an_installed_jsemi_and_installs_a_given_requirement(monkeypatch):
+    import jsemi
+
+    calls: list = []
+    ensure = _ensure_jsemi(monkeypatch, calls)
+    assert ensure() is jsemi and calls == []
+    assert ensure("git+https://example.org/jsemi.git") is jsemi
+    assert calls == [["install", "-q", "git+https://example.org/jsemi.git"]]
+
+
+@pytest.mark.parametrize("where", ["content", "checkout", "checkout/colab"])
+def test_install_cell_on_colab_installs_the_checkout_never_a_namespace(where, tmp_path, monkeypatch):
+    import types
+
+    import jsemi
+
+    content = tmp_path / "content"
+    root = _checkout(content / "jsemi")
+    monkeypatch.setenv("JSEMI_COLAB_CONTENT", str(content))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.chdir({"content": content, "checkout": root, "checkout/colab": root / "colab"}[where])
+    _not_installed(monkeypatch)
+    namespace = types.ModuleType("jsemi")
+    namespace.__file__, namespace.__path__ = None, [str(root)]  # what `import jsemi` gives in /content
+    monkeypatch.setitem(sys.modules, "jsemi", namespace)
+    calls: list = []
+    got = _ensure_jsemi(monkeypatch, calls)()
+    assert calls == [["install", "-q", f"{root.resolve()}[plots]"]]
+    assert got.__file__ is not None and got.__version__ == jsemi.__version__
+
+
+def test_install_cell_without_jsemi_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("JSEMI_COLAB_CONTENT", str(tmp_path / "content"))
+    monkeypatch.chdir(tmp_path)
+    _not_installed(monkeypatch)
+    calls: list = []
+    ensure = _ensure_jsemi(monkeypatch, calls)
+    with pytest.raises(ModuleNotFoundError, match="set JSEMI_PIP .* or clone the repository to .*content/jsemi"):
+        ensure()
+    _checkout(tmp_path / "content" / "jsemi")  # a checkout, but not on Colab: nothing is pip-installed unasked
+    with pytest.raises(ModuleNotFoundError, match="pip install -e CHECKOUT"):
+        ensure()
+    assert calls == []
+
+
 @pytest.mark.slow
 def test_functional_api_notebook(tmp_path, monkeypatch):
     nb = _execute(COLAB / "02_functional_api.ipynb", tmp_path, monkeypatch)

@@ -7,7 +7,7 @@ import argparse
 
 def add_experiment_args(p: argparse.ArgumentParser, *, positional: bool = True, default: str | None = "cpu",
                         out_default: str | None = None, alg1: bool = False) -> None:
-    """CONFIG (or --experiment; ``default`` None = required), --out, --data-dir, --no-progress; with ``alg1``
+    """CONFIG (or --experiment; ``default`` None = required), --out, --data-dir, --download, --no-progress; with ``alg1``
     also --fb, --trials, --vmap."""
     helptext = 'a name of `jsemi reproduce --list` ("cpu", "paper-<model>-<dataset>") or an experiment JSON file'
     if positional:
@@ -20,6 +20,8 @@ def add_experiment_args(p: argparse.ArgumentParser, *, positional: bool = True, 
     else:
         p.add_argument("--out", default=out_default, help=f"output directory (default {out_default}); rerun to resume")
     p.add_argument("--data-dir", default=None, help="directory with local dataset files or prepared TFDS data")
+    p.add_argument("--download", action="store_true",
+                   help="prepare a missing TFDS dataset (CIFAR, MNIST) with tfds' builder first (needs network)")
     p.add_argument("--no-progress", action="store_true")
     if alg1:
         p.add_argument("--fb", type=int, nargs="+", default=None, help="# fb values (default: the experiment's)")

@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
 
     exp, out = resolve(args)
     t0 = time.perf_counter()
-    run_demo(exp, out, data_dir=args.data_dir, progress=not args.no_progress)
+    run_demo(exp, out, data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
     log(f"demo finished in {time.perf_counter() - t0:.1f} s")
     return 0

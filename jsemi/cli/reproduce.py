@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--attack", default=None, help="evaluation attack (default: the experiment's)")
     p.add_argument("--k", type=float, default=None)
     p.add_argument("--pretrain-only", action="store_true", help="only pretrain the normal and the robust network")
-    p.add_argument("--seed", type=int, default=None, help="pretraining seed with --pretrain-only (default: the experiment's)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="pretraining seed with --pretrain-only (default: the experiment's)")
     p.set_defaults(func=run)
     return p
 
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         from jsemi.experiments.pretrain import pretrain_experiment
         from jsemi.experiments.timing import log
 
-        log(json.dumps(pretrain_experiment(exp, out, seed=args.seed, data_dir=args.data_dir, progress=progress)))
+        log(json.dumps(pretrain_experiment(exp, out, seed=args.seed, data_dir=args.data_dir, download=args.download,
+                                           progress=progress)))
         return 0
     if args.seed is not None:
         raise ValueError("--seed applies to --pretrain-only (independent pairs: `jsemi sweep models`)")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from jsemi.report import table_markdown
 
     path, rows = run_algorithm1(exp, out, fb_values=args.fb, k=args.k, attack=args.attack, trials=args.trials,
-                                vmap=args.vmap, data_dir=args.data_dir, progress=progress)
+                                vmap=args.vmap, data_dir=args.data_dir, download=args.download, progress=progress)
     print(table_markdown(rows))
     log(f"report: {path}")
     return 0

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     exp, out = resolve(args)
     path, md = run_algorithm_s1(exp, out, attacks=args.attacks, split_points=args.split_points,
                                 examples=args.examples, holdout=args.holdout, data_dir=args.data_dir,
+                                download=args.download,
                                 progress=not args.no_progress)
     print(md)
     log(f"wrote {path}")

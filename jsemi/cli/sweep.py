@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from jsemi.experiments.timing import log
 
     exp, out = resolve(args)
-    kw = dict(fb_values=args.fb, trials=args.trials, vmap=args.vmap, data_dir=args.data_dir,
+    kw = dict(fb_values=args.fb, trials=args.trials, vmap=args.vmap, data_dir=args.data_dir, download=args.download,
               progress=not args.no_progress)
     if args.sweep == "k":
         kw["k_values"] = args.k_values

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     doc = table_s5.run(exp, args.out, methods=methods,
                        fb_values=fb, trials=args.trials, max_epochs=args.max_epochs,
                        shared_robust=args.shared_robust, trades_beta=args.trades_beta, measure=not args.no_measure,
-                       data_dir=args.data_dir, progress=not args.no_progress)
+                       data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
     print(doc["table_markdown"])
     print(f"written: {Path(args.out) / 'table_s5.md'}")
     return 0

@@ -17,12 +17,13 @@ from jsemi.experiments.pipeline import alg1_data, load_data, pretrain_pair, run_
 
 def run_algorithm1(exp: Experiment, out: str | Path, *, fb_values: Iterable[int] | None = None, k: float | None = None,
                    attack: str | None = None, trials: int | None = None, vmap: int | None = None,
-                   data_dir: str | None = None, progress: bool = True) -> tuple[Path, list[dict]]:
+                   data_dir: str | None = None, download: bool = False,
+                   progress: bool = True) -> tuple[Path, list[dict]]:
     """Runs (or resumes) the rows; returns (REPORT.md path, table rows of ``jsemi.report.load_rows``)."""
     from jsemi.report import alg1_report, load_rows
 
     out = Path(out)
-    train, test = load_data(exp, data_dir)
+    train, test = load_data(exp, data_dir, download=download)
     model, normal, robust, _ = pretrain_pair(exp, out, train, test, progress=progress)
     ft, ev = alg1_data(exp, train, test)
     dirs = run_rows(exp, model, normal, robust, ft, ev, out, fb_values=fb_values, k=k, attack=attack,

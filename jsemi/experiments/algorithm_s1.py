@@ -16,7 +16,7 @@ from jsemi.experiments.pipeline import load_data, pretrain_pair, subset
 
 def run_algorithm_s1(exp: Experiment, out: str | Path, *, attacks: Sequence[str] | None = None,
                      split_points: Sequence[int] | None = None, examples: int | None = None, holdout: float = 0.2,
-                     data_dir: str | None = None, progress: bool = True) -> tuple[Path, str]:
+                     data_dir: str | None = None, download: bool = False, progress: bool = True) -> tuple[Path, str]:
     """Runs Algorithm S1 (default: every attack and split point of the experiment); returns (S1.md path, markdown)."""
     import jax
 
@@ -26,7 +26,7 @@ def run_algorithm_s1(exp: Experiment, out: str | Path, *, attacks: Sequence[str]
     from jsemi.runs import write_json_atomic
 
     out = Path(out)
-    train, test = load_data(exp, data_dir)
+    train, test = load_data(exp, data_dir, download=download)
     model, _, robust, _ = pretrain_pair(exp, out, train, test, progress=progress)
     attacks = list(attacks or exp.attacks)
     x, y = subset(test, examples or exp.s1_examples, exp.pretrain.seed, tag=41)

@@ -134,12 +134,13 @@ def s1_stage(exp: Experiment, model, robust, test, out: Path) -> dict:
     return {"rows": rows}
 
 
-def run_demo(exp: Experiment, out: str | Path, *, data_dir: str | None = None, progress: bool = True) -> Path:
+def run_demo(exp: Experiment, out: str | Path, *, data_dir: str | None = None, download: bool = False,
+             progress: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out / "timings.json")
     with stages("load data"):
-        train, test = load_data(exp, data_dir)
+        train, test = load_data(exp, data_dir, download=download)
         log(f"train {train}, test {test}")
     model, normal, robust, info = pretrain_pair(exp, out, train, test, progress=progress, stages=stages)
     with stages("pretrained accuracy (clean, PGD-20)"):

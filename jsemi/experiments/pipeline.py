@@ -22,14 +22,17 @@ from jsemi.experiments.timing import Stages, log
 # ----------------------------------------------------------------------------- data
 
 
-def load_data(exp: Experiment, data_dir: str | None = None):
-    """(train, test) ``jsemi.data.Dataset`` of the experiment (with its subsets)."""
+def load_data(exp: Experiment, data_dir: str | None = None, *, download: bool = False):
+    """(train, test) ``jsemi.data.Dataset`` of the experiment (with its subsets); ``download`` prepares a
+    missing TFDS dataset first (``jsemi.data.load_dataset``)."""
     from jsemi.data import load_dataset
 
     p = exp.pretrain
     opts = dict(p.data_options)
-    train = load_dataset(p.dataset, "train", data_dir=data_dir, subset=p.train_subset, seed=p.seed, **opts)
-    test = load_dataset(p.dataset, "test", data_dir=data_dir, subset=p.test_subset, seed=p.seed, **opts)
+    train = load_dataset(p.dataset, "train", data_dir=data_dir, subset=p.train_subset, seed=p.seed,
+                         download=download, **opts)
+    test = load_dataset(p.dataset, "test", data_dir=data_dir, subset=p.test_subset, seed=p.seed,
+                        download=download, **opts)
     return train, test
 
 

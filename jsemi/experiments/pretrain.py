@@ -15,13 +15,13 @@ from jsemi.experiments.timing import Stages
 
 
 def pretrain_experiment(exp: Experiment, out: str | Path, *, seed: int | None = None, data_dir: str | None = None,
-                        progress: bool = True) -> dict:
+                        download: bool = False, progress: bool = True) -> dict:
     """Trains (or reloads) both networks; returns {kind: {run_dir, epochs, test_acc}}; stage times in
     OUT/timings-pretrain.json."""
     out = Path(out)
     stages = Stages(out / "timings-pretrain.json")
     with stages("load data"):
-        train, test = load_data(exp, data_dir)
+        train, test = load_data(exp, data_dir, download=download)
     _, _, _, info = pretrain_pair(exp, out, train, test, seed=seed, progress=progress, stages=stages)
     stages.save()
     return {k: {"run_dir": v["run_dir"], "epochs": len(v["history"]),

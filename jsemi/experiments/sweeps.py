@@ -21,12 +21,13 @@ from jsemi.experiments.pipeline import alg1_data, load_data, pretrain_pair, run_
 
 
 def sweep_layers(exp: Experiment, out: str | Path, *, fb_values: Sequence[int] | None = None, trials: int | None = None,
-                 vmap: int | None = None, data_dir: str | None = None, progress: bool = True) -> Path:
+                 vmap: int | None = None, data_dir: str | None = None, download: bool = False,
+                 progress: bool = True) -> Path:
     """rho per layer pair for each # fb; returns the figure's path."""
     from jsemi import report
 
     out = Path(out)
-    train, test = load_data(exp, data_dir)
+    train, test = load_data(exp, data_dir, download=download)
     model, normal, robust, _ = pretrain_pair(exp, out, train, test, progress=progress)
     ft, ev = alg1_data(exp, train, test)
     dirs = run_rows(exp, model, normal, robust, ft, ev, out, fb_values=fb_values, trials=trials,
@@ -41,12 +42,12 @@ def sweep_layers(exp: Experiment, out: str | Path, *, fb_values: Sequence[int] |
 
 def sweep_k(exp: Experiment, out: str | Path, *, fb_values: Sequence[int] | None = None,
             k_values: Sequence[float] | None = None, trials: int | None = None, vmap: int | None = None,
-            data_dir: str | None = None, progress: bool = True) -> Path:
+            data_dir: str | None = None, download: bool = False, progress: bool = True) -> Path:
     """rho against k for the first of ``fb_values`` (default: the smallest # fb); returns the figure's path."""
     from jsemi import report
 
     out = Path(out)
-    train, test = load_data(exp, data_dir)
+    train, test = load_data(exp, data_dir, download=download)
     model, normal, robust, _ = pretrain_pair(exp, out, train, test, progress=progress)
     ft, ev = alg1_data(exp, train, test)
     fb = (fb_values or [min(exp.fb_values)])[0]
@@ -65,12 +66,12 @@ def sweep_k(exp: Experiment, out: str | Path, *, fb_values: Sequence[int] | None
 
 def sweep_models(exp: Experiment, out: str | Path, *, fb_values: Sequence[int] | None = None,
                  seeds: Sequence[int] | None = None, trials: int | None = None, vmap: int | None = None,
-                 data_dir: str | None = None, progress: bool = True) -> Path:
+                 data_dir: str | None = None, download: bool = False, progress: bool = True) -> Path:
     """rho across independently pretrained pairs (one per seed); returns the figure's path."""
     from jsemi import report
 
     out = Path(out)
-    train, test = load_data(exp, data_dir)
+    train, test = load_data(exp, data_dir, download=download)
     fb = (fb_values or [min(exp.fb_values)])[0]
     series, rows = {}, []
     for seed in (seeds or exp.independent_seeds):

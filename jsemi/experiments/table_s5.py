@@ -104,7 +104,8 @@ def pretrain_networks(exp: Experiment, out: Path, train, test, methods, *, share
 
 def run(exp: Experiment, out: str | Path, *, methods=METHODS, fb_values=None, trials: int | None = None,
         max_epochs: int | None = None, shared_robust: bool = False, trades_beta: float | None = None,
-        measure: bool = True, data_dir: str | None = None, progress: bool = True) -> dict:
+        measure: bool = True, data_dir: str | None = None, download: bool = False, progress: bool = True,
+        ) -> dict:
     """Runs (or resumes) the comparison and writes table_s5.md / table_s5.json; returns the JSON dict."""
     from jsemi.algorithms import algorithm1
     from jsemi.report import summarize
@@ -116,7 +117,7 @@ def run(exp: Experiment, out: str | Path, *, methods=METHODS, fb_values=None, tr
     if bad:
         raise ValueError(f"unknown method(s) {bad}; choose from {METHODS}")
     fb_values = tuple(fb_values or exp.fb_values)
-    train, test = load_data(exp, data_dir)
+    train, test = load_data(exp, data_dir, download=download)
     model, normal, robust, pre_info = pretrain_networks(exp, out, train, test, methods, shared_robust=shared_robust,
                                                         trades_beta=trades_beta, progress=progress)
     ft_data, eval_data = alg1_data(exp, train, test)
