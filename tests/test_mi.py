@@ -176,6 +176,74 @@ def test_edge_projection_paths_agree(monkeypatch):
     assert abs(padded - unpadded) < 1e-9 and abs(padded - streamed) < 1e-9
 
 
+def authors_edge(x, y, ux, uy, *, U=10.0, gamma=0.4):
+    """The authors' EDGE (final call: L = 1, p-stable, stochastic shifts) in NumPy, with their
+    fixed draws made here: NumPy re-seeded with 3334 before gen_W (W, then V, from
+    np.random.normal(0, sigma)) and before each column's find_knn (np.random.choice of 500
+    values, k-NN distances with the query counted); only the shifts b = 0.1 * u * eps are
+    given (the authors draw them from a fresh OS seed)."""
+    n, dx = x.shape
+    dy = y.shape[1]
+    if dx <= 6 and dy <= 6:
+        xw, yv = x, y
+    else:
+        np.random.seed(3334)
+        mats = []
+        for z in (x, y):
+            d = z.shape[1]
+            dp = min(d, math.floor(math.log(n / 10, 2)))
+            std = np.tile(np.std(z, axis=0)[:, None], (1, dp))
+            std[std < 1e-4] = 1
+            mats.append(np.random.normal(np.zeros((d, dp)), 1.0 / (std * np.sqrt(d)), (d, dp)))
+        xw, yv = x @ mats[0], y @ mats[1]
+
+    def bandwidth(z):
+        dp = z.shape[1]
+        k = math.floor(0.43 * n ** (2 / 3 + 0.17 * (dp / (dp + 1))) * math.exp(-1.0 / max(10000, dp**4)))
+        out = []
+        for c in range(dp):
+            np.random.seed(3334)
+            t = np.random.choice(z[:, c], size=500)
+            out.append(np.mean([np.sort(np.abs(z[:, c] - v))[k - 1] for v in t]))
+        return np.array(out) + 1e-4
+
+    ex = bandwidth(xw) * 18 * xw.shape[1] / max(1 + math.log(dx), 1) * gamma
+    ey = bandwidth(yv) * 18 * yv.shape[1] / max(1 + math.log(dy), 1) * gamma
+    hx = [tuple(r) for r in np.floor((xw + 0.1 * np.asarray(ux, np.float64) * ex) / ex)]
+    hy = [tuple(r) for r in np.floor((yv + 0.1 * np.asarray(uy, np.float64) * ey) / ey)]
+    cx, cy, cxy = {}, {}, {}
+    for a, b in zip(hx, hy):
+        cx[a], cy[b], cxy[(a, b)] = cx.get(a, 0) + 1, cy.get(b, 0) + 1, cxy.get((a, b), 0) + 1
+    return sum(m * max(min(math.log2(m * n / (cx[a] * cy[b])), U), 0.001) for (a, b), m in cxy.items()) / n
+
+
+@pytest.mark.parametrize("n,dx,dy", [(600, 40, 20), (400, 3, 2)])
+def test_edge_paper_draws_match_the_authors_call_for_call(n, dx, dy):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, dx))
+    y = np.tanh(x[:, :dy]) + 0.5 * rng.normal(size=(n, dy))
+    state = np.random.get_state()
+    try:
+        for seed in (0, 1):
+            key = jax.random.key(seed)
+            with jax.enable_x64(True):
+                r = edge_randomness(key, n, dx, dy, draws="paper")
+                got = edge_mi(x, y, key, draws="paper")
+            want = authors_edge(x, y, r.ux[0], r.uy[0])
+            assert abs(got - want) < 1e-6, (got, want)
+    finally:
+        np.random.set_state(state)
+    # only the shifts depend on the key; the projections and bandwidth rows are the authors'
+    r0, r1 = (edge_randomness(jax.random.key(s), n, dx, dy, draws="paper") for s in (0, 1))
+    assert np.array_equal(r0.queries, r1.queries) and len(r0.queries) == 500
+    assert (r0.gx is None) == (dx <= 6 and dy <= 6) and (r0.gx is None or np.array_equal(r0.gx, r1.gx))
+    assert not np.array_equal(np.asarray(r0.ux), np.asarray(r1.ux))
+    with pytest.raises(ValueError, match="authors"):
+        edge_randomness(jax.random.key(0), n, dx, dy, draws="paper", knn_queries=100)
+    with pytest.raises(ValueError, match="draws"):
+        edge_randomness(jax.random.key(0), n, dx, dy, draws="sometimes")
+
+
 @pytest.mark.parametrize("d", [1, 2, 4, 6])
 def test_edge_rises_with_correlation(d):
     vals = []

@@ -40,11 +40,18 @@ __all__ = [
     "edge_mi",
     "edge_project",
     "edge_randomness",
+    "paper_draws",
+    "PAPER_SEED",
 ]
 
 #: EDGE pads raw rows to a size bucket only below this many elements (N * (dx + dy));
 #: above it, padding would copy the data, so only the small projections are padded.
 PAD_RAW_MAX = 1 << 22
+#: the authors' script re-seeds NumPy with this before its projections and bandwidth rows.
+PAPER_SEED = 3334
+#: rows whose k-NN distances set the bandwidths in the authors' script.
+PAPER_QUERIES = 500
+_DRAWS = ("fresh", "paper")
 
 
 class EdgeRandomness(NamedTuple):
@@ -62,11 +69,13 @@ class EdgeRandomness(NamedTuple):
       uy: (L, d'y) same for y.
     """
 
-    gx: jax.Array | np.ndarray | None
-    gy: jax.Array | np.ndarray | None
-    queries: jax.Array | np.ndarray | None
-    ux: jax.Array | np.ndarray
-    uy: jax.Array | np.ndarray
+    # jax.typing.ArrayLike (device or host arrays): an annotation that resolves without this
+    # module's globals, which the generated __new__ of a NamedTuple lacks (pdoc, make docs-api)
+    gx: jax.typing.ArrayLike | None
+    gy: jax.typing.ArrayLike | None
+    queries: jax.typing.ArrayLike | None
+    ux: jax.typing.ArrayLike
+    uy: jax.typing.ArrayLike
 
 
 _PROJECT_MODES = ("joint", "each", "always", "never")
@@ -119,23 +128,60 @@ def edge_randomness(
     knn_queries: int | None = None,
     project: str = "joint",
     fold: int | None = None,
+    draws: str = "fresh",
 ) -> EdgeRandomness:
     """Draws every random quantity of one EDGE call from ``key`` (see :class:`EdgeRandomness`).
 
     With ``fold`` the draws are those of ``jax.random.fold_in(key, fold)`` (e.g. one
     independent draw per class), the fold-in done inside the compiled draw (an eager
     ``fold_in`` costs more than all the draws).
+
+    ``draws="paper"`` reproduces the authors' script, which re-seeds NumPy's global
+    Mersenne Twister with :data:`PAPER_SEED` before its projections (``gen_W``: the x
+    matrix, then the y matrix from the same stream) and before each column's bandwidth
+    query rows (``find_knn``: 500 rows drawn with replacement, the same rows for every
+    column); only the hash shifts are fresh (they come from ``key``, where the authors
+    re-seed from the OS). Given those shifts, :func:`edge_mi` then equals the authors' EDGE
+    call for call. Needs ``project="joint"`` and ``knn_queries`` None or 500.
     """
     if L < 1:
         raise ValueError(f"L must be >= 1, got {L}")
+    if draws not in _DRAWS:
+        raise ValueError(f"draws must be one of {_DRAWS}, got {draws!r}")
     dpx, dpy, px, py = edge_dims(n, dx, dy, project)
+    if draws == "paper":
+        if project != "joint" or knn_queries not in (None, PAPER_QUERIES):
+            raise ValueError(
+                f"draws='paper' follows the authors' script: project='joint' and knn_queries={PAPER_QUERIES} "
+                f"(or None), got project={project!r}, knn_queries={knn_queries!r}"
+            )
+        knn_queries = PAPER_QUERIES
     if knn_queries is not None and knn_queries < 1:
         raise ValueError(f"knn_queries must be >= 1 or None, got {knn_queries}")
+    fresh = draws == "fresh"  # paper: only the shifts come from the key
     gx, gy, queries, ux, uy = draw_edge(
         key, np.int32(n), None if fold is None else np.uint32(fold),
-        dx=dx, dy=dy, dpx=dpx, dpy=dpy, px=px, py=py, L=L, nq=knn_queries,
+        dx=dx, dy=dy, dpx=dpx, dpy=dpy, px=px and fresh, py=py and fresh, L=L, nq=knn_queries if fresh else None,
     )
+    if not fresh:
+        gx, gy, queries = paper_draws(n, dx, dy, dpx, dpy, px, py)
     return EdgeRandomness(gx, gy, queries, ux, uy)
+
+
+def paper_draws(n: int, dx: int, dy: int, dpx: int, dpy: int, px: bool, py: bool):
+    """The authors' fixed draws: (gx, gy, queries) as float64 / int32 NumPy arrays.
+
+    gx, gy: the standard-normal factors of ``gen_W``'s ``np.random.normal(0, sigma, (d, d'))``
+    after ``np.random.seed(PAPER_SEED)`` (x first, then y, one stream; None for an
+    unprojected variable). queries: the row indices behind ``find_knn``'s
+    ``np.random.choice(column, 500)`` after the same re-seed (NumPy draws the indices
+    uniformly with replacement), identical for every column.
+    """
+    rs = np.random.RandomState(PAPER_SEED)
+    gx = rs.standard_normal((dx, dpx)) if px else None
+    gy = rs.standard_normal((dy, dpy)) if py else None
+    queries = np.random.RandomState(PAPER_SEED).randint(0, n, size=PAPER_QUERIES).astype(np.int32)
+    return gx, gy, queries
 
 
 def _edge_scale(d: int, dp: int, gamma: float) -> float:
@@ -156,6 +202,7 @@ def edge_mi(
     shift_scale: float = 0.1,
     project: str = "joint",
     randomness: EdgeRandomness | None = None,
+    draws: str = "fresh",
     return_details: bool = False,
 ):
     """EDGE mutual-information estimate I(x; y) in **bits**, as in the paper's authors' script.
@@ -179,6 +226,12 @@ def edge_mi(
         (authors' ``stochastic=True`` branch, f = 0.1).
       project: which variables get the random projection, see :func:`edge_dims`.
       randomness: fixed draws (see :func:`edge_randomness`); overrides ``key``.
+      draws: ``"fresh"`` (default): projections, bandwidth rows and shifts all drawn from
+        ``key``, so repeated calls with new keys sample EDGE's full randomness (its spread
+        over keys is the estimator's own noise). ``"paper"``: the authors' fixed draws
+        (NumPy seed 3334 for the projections and 500 bandwidth rows, see
+        :func:`edge_randomness`), only the shifts from ``key``; use it to match the
+        authors' numbers call for call. Ignored when ``randomness`` is given.
       return_details: also return the hash dimensions, k's, bandwidths and per-hash values.
 
     Algorithm (every choice follows the authors' ``mi_estimator.EDGE`` unless noted):
@@ -221,7 +274,7 @@ def edge_mi(
     if randomness is None:
         if key is None:
             raise ValueError("edge_mi needs a PRNG key (or explicit randomness=)")
-        randomness = edge_randomness(key, n, dx, dy, L=L, knn_queries=knn_queries, project=project)
+        randomness = edge_randomness(key, n, dx, dy, L=L, knn_queries=knn_queries, project=project, draws=draws)
     _check_randomness(randomness, n, dx, dy, dpx, dpy, px, py)
     xw, yv, finite = edge_project(x, y, randomness)
     res = edge_hash(xw, yv, randomness, n, dx, dy, U=U, gamma=gamma, eps_range=eps_range, shift_scale=shift_scale)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsemi.estimators.arrays import HIGHEST, as_2d, check_pair, float_dtype, is_host, project_rows, row_chunks, to_device
+from jsemi.validation import check_labels
 
 __all__ = ["Reduction", "fit_reduction", "reduce"]
 
@@ -127,8 +128,11 @@ def fit_reduction(
     dtype = float_dtype(x)
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
-    if labels is not None and num_classes is None:
-        num_classes = int(np.max(np.asarray(labels))) + 1
+    if labels is not None:
+        labels = np.asarray(labels)
+        check_labels(labels, num_classes, "labels", batch=n)
+        if num_classes is None:
+            num_classes = int(np.max(labels)) + 1
     means, lab = _class_means(x, labels, num_classes, dtype)
     gmean = _class_means(x, None, 1, dtype)[0][0]
     if d <= dim and method != "random":
