@@ -47,7 +47,7 @@ def bench_jax(dtype_name: str, batch: int, steps: int, warmup: int, width: int, 
     import jax.numpy as jnp
     import numpy as np
 
-    from jsemi import precision, train
+    from jsemi import precision, train, training_modes
     from jsemi.models import get_model, init_model
 
     dtype = precision.compute_dtype(dtype_name)
@@ -57,7 +57,7 @@ def bench_jax(dtype_name: str, batch: int, steps: int, warmup: int, width: int, 
                             lr_schedule="constant", epochs=1, batch_size=batch, eps=EPS,
                             attack_steps=attack_steps, attack_step_size=STEP, augment=True, flip=True)
     state = train.create_train_state(variables, cfg, steps_per_epoch=1000)
-    step = train.make_train_step(model, cfg)
+    step = training_modes.make_train_step(model, cfg)
     rng = np.random.default_rng(0)
     x = jax.device_put(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
     y = jax.device_put(rng.integers(0, 10, (batch,)).astype(np.int32))

@@ -3,7 +3,7 @@
 Each configuration runs in its own subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` set before JAX is imported:
 
-- D = 1, ``plain``: ``jsemi.train.make_train_step`` called directly;
+- D = 1, ``plain``: ``jsemi.training_modes.make_train_step`` called directly;
 - D = 1, ``sharded``: the same step through ``jsemi.sharding.shard_train_step`` on a
   one-device mesh (the cost of the wrapper itself);
 - D = 8, ``sharded``: the batch split over 8 host devices.
@@ -36,7 +36,7 @@ def worker(mode: str, path: str, batch: int, steps: int, warmup: int) -> dict:
     import jax
     import numpy as np
 
-    from jsemi import sharding, train
+    from jsemi import sharding, train, training_modes
     from jsemi.models import get_model, init_model
 
     model = get_model("small_cnn")
@@ -45,7 +45,7 @@ def worker(mode: str, path: str, batch: int, steps: int, warmup: int) -> dict:
                             epochs=1, batch_size=batch, eps=0.1, attack_steps=3, attack_step_size=0.05,
                             augment=False, flip=False)
     state = train.create_train_state(variables, cfg, 100)
-    step = train.make_train_step(model, cfg)
+    step = training_modes.make_train_step(model, cfg)
     if path == "sharded":
         mesh = sharding.make_mesh()
         step = sharding.shard_train_step(step, mesh)

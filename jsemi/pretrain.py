@@ -23,7 +23,8 @@ import numpy as np
 
 from jsemi import checkpoint
 from jsemi.models import get_model, init_model
-from jsemi.train import TrainConfig, create_train_state, evaluate, make_train_step, train_epoch
+from jsemi.train import TrainConfig, create_train_state, evaluate
+from jsemi.training_modes import init_carry, make_train_step, train_epoch
 
 
 class RunMismatchError(ValueError):
@@ -67,7 +68,10 @@ def run_signature(model_name: str, model_kwargs: dict, dataset: str, config: Tra
 
 
 def _state_tree(state) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state, "step": state.step}
+    tree = {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state, "step": state.step}
+    if state.carry is not None:  # the mode's per-run state (ATTA's perturbations): resume continues exactly
+        tree["carry"] = state.carry
+    return tree
 
 
 def load_trained(run_dir: str | os.PathLike) -> tuple[Any, dict, dict]:
@@ -81,6 +85,8 @@ def load_trained(run_dir: str | os.PathLike) -> tuple[Any, dict, dict]:
     variables = init_model(model, jax.random.PRNGKey(0), tuple(meta["input_shape"]))
     config = TrainConfig.from_dict(sig["config"])
     state = create_train_state(variables, config, max(1, meta["steps_per_epoch"]))
+    if "train_examples" in meta:
+        state = state.replace(carry=init_carry(config, meta["train_examples"], tuple(meta["input_shape"])))
     tree, meta = checkpoint.restore(ckpt_dir, _state_tree(state))
     variables = {"params": tree["params"]}
     if tree["batch_stats"]:
@@ -123,6 +129,7 @@ def pretrain(
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {train_images.shape[0]} training images")
     state = create_train_state(variables, config, steps_per_epoch)
+    state = state.replace(carry=init_carry(config, train_images.shape[0], input_shape))  # None for most modes
     signature = run_signature(model_name, model_kwargs, dataset, config, seed, train_subset)
 
     start_epoch, history = 0, []
@@ -160,10 +167,12 @@ def pretrain(
         log(f"[{model_name}/{config.mode}] epoch {epoch + 1}/{config.epochs}: loss {m['loss']:.4f} "
             f"train acc {m['acc']:.4f} test acc {ev['acc']:.4f} ({rec['seconds']:.1f} s)")
         meta = {"signature": signature, "epoch": epoch + 1, "history": history, "num_classes": num_classes,
-                "input_shape": list(input_shape), "steps_per_epoch": steps_per_epoch}
+                "input_shape": list(input_shape), "steps_per_epoch": steps_per_epoch,
+                "train_examples": int(train_images.shape[0])}
         checkpoint.save(ckpt_dir, epoch + 1, _state_tree(state), meta)
         write_json_atomic(run_dir / "history.json", history)
         done_now += 1
     meta = {"signature": signature, "epoch": len(history), "history": history, "num_classes": num_classes,
-            "input_shape": list(input_shape), "steps_per_epoch": steps_per_epoch}
+            "input_shape": list(input_shape), "steps_per_epoch": steps_per_epoch,
+                "train_examples": int(train_images.shape[0])}
     return PretrainResult(model=model, variables=state.variables, history=history, run_dir=run_dir, meta=meta)

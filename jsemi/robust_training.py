@@ -1,8 +1,9 @@
-"""TRADES and ATTA training modes, registered in ``jsemi.train``.
+"""TRADES and ATTA training modes (loss builders and ATTA's epoch loop).
 
-Importing this module (``jsemi.train.make_train_step`` does it) registers three modes, so
+``jsemi.training_modes`` lists them in its table next to "standard" and "pgd", so
 ``TrainConfig(mode="trades" | "atta" | "atta_trades")`` works wherever a ``TrainConfig`` is
-used: pretraining, masked fine-tuning of fb in Algorithm 1, the CLI.
+used: pretraining, masked fine-tuning of fb in Algorithm 1, the CLI.  This module imports
+``jsemi.train`` (the step machinery) and nothing imports it at import time.
 
 **TRADES** (Zhang et al. 2019, ``mode="trades"``)::
 
@@ -25,25 +26,21 @@ random start in the ball) every ``config.atta_reset_every`` epochs.  ``mode="att
 is ATTA with the TRADES loss: the carried perturbation is advanced by KL-ascent steps and
 the TRADES objective is minimised.
 
-The carried perturbations travel through the step's ``extra`` argument::
+The stored perturbations live in the training state, ``state.carry`` =
+``{"delta": (N, H, W, C) float32 host array, "last_reset": () int32}`` (``last_reset`` the
+epoch of the last random draw, -1 before the first), so checkpoints save them and a resumed
+run continues exactly.  ``atta_epoch`` (what ``jsemi.training_modes.train_epoch`` runs for
+these modes) creates the carry on the first epoch and keeps it up to date.  The jitted
+step sees only the batch's perturbations, through its ``extra`` argument::
 
-    step = make_train_step(model, config)          # config.mode in ("atta", "atta_trades")
-    state, metrics, new_delta = step(state, x, y, key, delta)
+    state, metrics, new_delta = step(state, x, y, key, delta)   # delta = carry["delta"][ix]
 
-``delta`` (B, H, W, C) float32 is the stored perturbation of the batch's examples in the
-frame of the *un-augmented* images.  With ``config.augment`` the builder applies the same
-random crop and flip (``jsemi.data.augment_params``) to the images and their perturbations,
-attacks in the augmented frame and maps the new perturbation back (pixels cropped out this
-time keep their stored value).  ``PerturbationBuffer`` keeps all of them on the host, keyed
-by dataset index, and ``train_epoch`` is the epoch loop that uses it (see its docstring for
-the exact protocol).
-
-Epoch loops need no change: ``jsemi.train.train_epoch`` called with an ATTA step (from
-``make_train_step`` or ``sharding.shard_train_step``) delegates to this module, which keeps a
-buffer per (step function, training set, seed): pretraining, Algorithm 1's fine-tuning (a
-trial's seed selects its buffer; epoch 0 resets it) and the CLI work as they are.  Pass a
-``PerturbationBuffer`` to ``train_epoch`` here to manage it yourself (e.g. to save it); a
-hand-written loop over batches must follow the protocol in ``train_epoch``'s docstring.
+``delta`` is in the frame of the *un-augmented* images.  With ``config.augment`` the builder
+applies the same random crop and flip (``jsemi.data.augment_params``) to the images and their
+perturbations, attacks in the augmented frame and maps the new perturbation back (pixels
+cropped out this time keep their stored value).  A carry belongs to one training set and
+one seed (the random draws come from ``(seed, epoch)``): start another run from a state
+without carry.  Memory: N x H x W x C x 4 bytes (614 MB for CIFAR-10's training set).
 
 Every perturbation is float32 whatever the model's compute dtype (bf16 models are fed
 float32 images and differentiated through the cast).
@@ -51,7 +48,6 @@ float32 images and differentiated through the cast).
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Callable
 
 import jax
@@ -70,11 +66,13 @@ __all__ = [
     "ROBUST_MODES",
     "trades_kl",
     "trades_inputs",
-    "PerturbationBuffer",
-    "needs_buffer",
-    "make_buffer",
-    "train_epoch",
-    "buffer_of",
+    "trades_loss",
+    "atta_loss",
+    "atta_trades_loss",
+    "init_perturbations",
+    "draw_perturbations",
+    "start_epoch",
+    "atta_epoch",
 ]
 
 
@@ -147,7 +145,8 @@ def _trades_loss_fn(forward, x, x_adv, y, beta, extra):
 # ----------------------------------------------------------------------------- TRADES
 
 
-def _trades_builder(model, config, forward, eval_vars, x, y, key, extra):
+def trades_loss(model, config, forward, eval_vars, x, y, key, extra):
+    """Loss builder of mode "trades" (``jsemi.train.build_train_step``'s contract)."""
     _check_config(config)
     threat = _train.config_threat(config)
     lf = lambda z: model.apply(eval_vars, z, train=False)
@@ -177,7 +176,7 @@ def _atta_builder(model, config, forward, eval_vars, x, y, key, extra, *, trades
         raise ValueError(
             f"training mode {config.mode!r} carries per-example perturbations: call the step as "
             "step(state, x, y, key, delta) with the batch's stored perturbations "
-            "(jsemi.robust_training.PerturbationBuffer / train_epoch)"
+            "(jsemi.training_modes.train_epoch keeps them in state.carry)"
         )
     if extra.shape != x.shape:
         raise ValueError(f"ATTA perturbations have shape {extra.shape}, the batch {x.shape}")
@@ -214,188 +213,93 @@ def _atta_builder(model, config, forward, eval_vars, x, y, key, extra, *, trades
     return loss_fn
 
 
-def _atta_ce_builder(*args):
+def atta_loss(*args):
+    """Loss builder of mode "atta" (self-augmenting; ``extra`` = the batch's perturbations)."""
     return _atta_builder(*args, trades=False)
 
 
-def _atta_trades_builder(*args):
+def atta_trades_loss(*args):
+    """Loss builder of mode "atta_trades" (self-augmenting; ``extra`` = the batch's perturbations)."""
     return _atta_builder(*args, trades=True)
 
 
+# ----------------------------------------------------------------------------- ATTA carry
 
 
-# ----------------------------------------------------------------------------- ATTA buffer
-
-
-class PerturbationBuffer:
-    """ATTA's per-example perturbations (float32, host memory), keyed by dataset index.
-
-    ``delta[i]`` is the perturbation of training example i in the frame of the stored
-    (un-augmented) image.  ``start_epoch(epoch)`` resets every perturbation to a fresh random
-    start in the ball (uniform in the L-inf cube / uniform direction and radius in the L2
-    ball, drawn from ``(seed, epoch)``) when ``epoch % reset_every == 0`` or when the buffer
-    was never filled (e.g. after resuming a run).  Memory: N x H x W x C x 4 bytes (614 MB
-    for CIFAR-10's training set).  ``save``/``load`` use ``.npy`` (no pickle).
-    """
-
-    def __init__(self, num_examples: int, image_shape: tuple[int, ...], *, eps: float, norm: str = "linf",
-                 reset_every: int = 10, seed: int = 0):
-        if num_examples < 1:
-            raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-        if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 1:
-            raise ValueError(f"reset_every must be a positive int, got {reset_every!r}")
-        self.num_examples = int(num_examples)
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.eps = float(eps)
-        self.norm = norm
-        self.reset_every = reset_every
-        self.seed = int(seed)
-        self.delta = np.zeros((self.num_examples, *self.image_shape), np.float32)
-        self.filled = False
-        self.last_reset: int | None = None
-
-    def reset(self, epoch: int = 0) -> None:
-        """Fresh random start for every example (deterministic in (seed, epoch))."""
-        rng = np.random.default_rng([self.seed, int(epoch), 0xA77A])
-        shape = self.delta.shape
-        if self.norm == "linf":
-            self.delta[...] = rng.uniform(-self.eps, self.eps, size=shape).astype(np.float32)
-        else:
-            d = rng.standard_normal(size=shape).astype(np.float32)
-            flat = d.reshape(shape[0], -1)
-            n = np.maximum(np.linalg.norm(flat, axis=1), 1e-12)
-            r = rng.uniform(0.0, 1.0, size=shape[0]) * self.eps
-            self.delta[...] = (flat * (r / n)[:, None]).reshape(shape).astype(np.float32)
-        self.filled = True
-        self.last_reset = int(epoch)
-
-    def start_epoch(self, epoch: int) -> bool:
-        """Call before each epoch; returns True when the perturbations were reset."""
-        if not self.filled or epoch % self.reset_every == 0:
-            self.reset(epoch)
-            return True
-        return False
-
-    def get(self, idx) -> np.ndarray:
-        """Stored perturbations of examples ``idx`` (B, H, W, C) float32."""
-        return self.delta[np.asarray(idx)]
-
-    def put(self, idx, delta) -> None:
-        """Stores the new perturbations of examples ``idx`` (waits for a device array)."""
-        d = np.asarray(jax.device_get(delta), dtype=np.float32)
-        if d.shape != (len(idx), *self.image_shape):
-            raise ValueError(f"put: perturbations of shape {d.shape} for {len(idx)} examples of shape {self.image_shape}")
-        self.delta[np.asarray(idx)] = d
-
-    def save(self, path) -> None:
-        np.save(path, self.delta, allow_pickle=False)
-
-    def load(self, path) -> None:
-        d = np.load(path, allow_pickle=False)
-        if d.shape != self.delta.shape:
-            raise ValueError(f"ATTA buffer file has shape {d.shape}, expected {self.delta.shape}")
-        self.delta[...] = d
-        self.filled = True
-
-
-def needs_buffer(config) -> bool:
-    """True for the modes that carry perturbations (ATTA, ATTA+TRADES)."""
-    return config.mode in ATTA_MODES
-
-
-def make_buffer(config, images: np.ndarray, seed: int = 0) -> PerturbationBuffer | None:
-    """The buffer for a training set (None for modes without carried perturbations)."""
-    if not needs_buffer(config):
-        return None
+def init_perturbations(config, num_examples: int, image_shape: tuple[int, ...]) -> dict:
+    """ATTA's carry before its first draw: {"delta": zeros (N, *image_shape) float32, "last_reset": -1}."""
     _check_config(config)
-    return PerturbationBuffer(images.shape[0], images.shape[1:], eps=config.eps, norm=config.attack_norm,
-                              reset_every=config.atta_reset_every, seed=seed)
+    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
+        raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
+    shape = (int(num_examples), *(int(s) for s in image_shape))
+    return {"delta": np.zeros(shape, np.float32), "last_reset": np.asarray(-1, np.int32)}
 
 
-def train_epoch(
-    state,
-    step_fn: Callable,
-    images: np.ndarray,
-    labels: np.ndarray,
-    key: jax.Array,
-    *,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    buffer: PerturbationBuffer | None = None,
-    progress: bool = False,
-    desc: str = "train",
-):
-    """``jsemi.train.train_epoch`` for every mode; with ``buffer`` it runs the ATTA protocol.
+def draw_perturbations(config, shape: tuple[int, ...], seed: int, epoch: int) -> np.ndarray:
+    """Fresh random perturbations (float32, ``shape`` = (N, H, W, C)), deterministic in (seed, epoch):
+    uniform in the L-inf cube of radius ``config.eps``, or uniform direction and radius in the L2 ball."""
+    rng = np.random.default_rng([int(seed), int(epoch), 0xA77A])
+    eps = float(config.eps)
+    if config.attack_norm == "linf":
+        return rng.uniform(-eps, eps, size=shape).astype(np.float32)
+    d = rng.standard_normal(size=shape).astype(np.float32)
+    flat = d.reshape(shape[0], -1)
+    n = np.maximum(np.linalg.norm(flat, axis=1), 1e-12)
+    r = rng.uniform(0.0, 1.0, size=shape[0]) * eps
+    return (flat * (r / n)[:, None]).reshape(shape).astype(np.float32)
 
-    Protocol (what an epoch loop must do for ``mode in ("atta", "atta_trades")``)::
 
-        buffer = make_buffer(config, images, seed)        # once per training run
-        for epoch in range(epochs):
-            buffer.start_epoch(epoch)                     # reset every atta_reset_every epochs
-            for i, ix in enumerate(train.batch_indices(n, batch_size, seed, epoch)):
-                state, m, d = step(state, images[ix], labels[ix], fold_in(key, i), buffer.get(ix))
-                buffer.put(ix, d)
+def start_epoch(carry: dict, config, seed: int, epoch: int) -> tuple[dict, bool]:
+    """The carry to start ``epoch`` from, and whether it was redrawn: fresh perturbations when
+    ``epoch % config.atta_reset_every == 0`` or when none were ever drawn; else ``carry`` itself."""
+    if int(carry["last_reset"]) < 0 or epoch % config.atta_reset_every == 0:
+        delta = draw_perturbations(config, tuple(np.shape(carry["delta"])), seed, epoch)
+        return {"delta": delta, "last_reset": np.asarray(epoch, np.int32)}, True
+    return carry, False
 
-    (epoch numbers are 0-based and must count on across the whole run, including after a
-    resume).  Here the ``put`` of batch i is deferred until batch i+1 is dispatched, so the
-    host copy overlaps the device work; the indices of one epoch are disjoint, so this is
-    exact.  Without ``buffer`` this is ``jsemi.train.train_epoch``.
+
+def atta_epoch(state, step_fn: Callable, images: np.ndarray, labels: np.ndarray, key: jax.Array, *,
+               batch_size: int, seed: int, epoch: int, progress: bool = False, desc: str = "train"):
+    """Epoch loop of the ATTA modes (``jsemi.train.run_epoch``'s signature and batches).
+
+    Protocol, for a hand-written loop (epochs are 0-based and count on across the whole run,
+    including after a resume)::
+
+        carry = state.carry or init_perturbations(config, N, image_shape)
+        carry, _ = start_epoch(carry, config, seed, epoch)
+        for i, ix in enumerate(train.batch_indices(N, batch_size, seed, epoch)):
+            state, m, d = step(state, images[ix], labels[ix], fold_in(key, i), carry["delta"][ix])
+            carry["delta"][ix] = d
+
+    Here the step runs on the state without its carry (the jitted program never sees the whole
+    buffer), the write-back of batch i is deferred until batch i+1 is dispatched (the indices
+    of one epoch are disjoint, so this is exact), and the input state is left unchanged (the
+    epoch works on a copy).  Returns the state with the new carry, and the epoch's metrics.
     """
-    if buffer is None:
-        return _train.train_epoch(state, step_fn, images, labels, key, batch_size=batch_size, seed=seed,
-                                  epoch=epoch, progress=progress, desc=desc)
-    if buffer.delta.shape[0] != images.shape[0]:
-        raise ValueError(f"the ATTA buffer holds {buffer.delta.shape[0]} examples, the training set {images.shape[0]}")
-    buffer.start_epoch(epoch)
-    idx = _train.batch_indices(images.shape[0], batch_size, seed, epoch)
+    config = state.config
+    n, shape = images.shape[0], tuple(images.shape[1:])
+    carry = state.carry if state.carry is not None else init_perturbations(config, n, shape)
+    if tuple(np.shape(carry["delta"])) != (n, *shape):
+        raise ValueError(
+            f"state.carry holds ATTA perturbations of shape {tuple(np.shape(carry['delta']))}, the training set "
+            f"is {(n, *shape)}: start a run on another training set from a state without carry"
+        )
+    carry, fresh = start_epoch(carry, config, seed, epoch)
+    delta = carry["delta"] if fresh else np.array(carry["delta"], np.float32)  # copy: the input state stays valid
+    idx = _train.batch_indices(n, batch_size, seed, epoch)
     pending = []
 
+    def put(ix, d):
+        delta[np.asarray(ix)] = np.asarray(jax.device_get(d), np.float32)
+
     def one(st, i, ix):
-        st, m, d = step_fn(st, images[ix], labels[ix], jax.random.fold_in(key, i), buffer.get(ix))
+        st, m, d = step_fn(st, images[ix], labels[ix], jax.random.fold_in(key, i), delta[np.asarray(ix)])
         if pending:
-            buffer.put(*pending.pop())
+            put(*pending.pop())
         pending.append((ix, d))
         return st, m
 
-    state, stats = _train.run_batches(state, idx, one, progress=progress, desc=desc)
+    core, stats = _train.run_batches(state.replace(carry=None), idx, one, progress=progress, desc=desc)
     if pending:
-        buffer.put(*pending.pop())
-    return state, stats
-
-
-# ----------------------------------------------------------------------------- automatic buffers
-
-# step function -> ((id(images), shape, seed), buffer): the buffer ``jsemi.train.train_epoch``
-# uses for an ATTA step when the caller manages none.  One buffer per step function (a new
-# training set or seed replaces it), dropped with the step function.
-_AUTO_BUFFERS: "weakref.WeakKeyDictionary[Any, tuple[tuple, PerturbationBuffer]]" = weakref.WeakKeyDictionary()
-
-
-def buffer_of(step_fn: Callable) -> PerturbationBuffer | None:
-    """The buffer ``jsemi.train.train_epoch`` keeps for an ATTA ``step_fn`` (None before its first epoch)."""
-    entry = _AUTO_BUFFERS.get(step_fn)
-    return None if entry is None else entry[1]
-
-
-def _auto_epoch(state, step_fn, images, labels, key, *, batch_size, seed, epoch, progress=False, desc="train"):
-    """``jsemi.train.train_epoch`` for ATTA steps: a buffer per (step, training set, seed).
-
-    A new trial (another ``seed``) or another training set gets a new buffer; epoch 0 (and
-    every ``atta_reset_every``-th epoch) resets it, and so does the first epoch after a
-    resume (the perturbations are not checkpointed).
-    """
-    sig = (id(images), tuple(images.shape), int(seed))
-    entry = _AUTO_BUFFERS.get(step_fn)
-    if entry is None or entry[0] != sig:
-        entry = (sig, make_buffer(step_fn.config, images, seed=seed))
-        _AUTO_BUFFERS[step_fn] = entry
-    return train_epoch(state, step_fn, images, labels, key, batch_size=batch_size, seed=seed, epoch=epoch,
-                       buffer=entry[1], progress=progress, desc=desc)
-
-
-_train.register_training_mode("trades", _trades_builder)
-_train.register_training_mode("atta", _atta_ce_builder, self_augmenting=True, epoch_runner=_auto_epoch)
-_train.register_training_mode("atta_trades", _atta_trades_builder, self_augmenting=True, epoch_runner=_auto_epoch)
+        put(*pending.pop())
+    return core.replace(carry={"delta": delta, "last_reset": carry["last_reset"]}), stats

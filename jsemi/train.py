@@ -1,5 +1,10 @@
 """Jitted training: standard and adversarial steps with a frozen part, and batched evaluation.
 
+This module holds the step machinery (``build_train_step``, ``run_epoch``) and the
+"standard" and "pgd" losses; TRADES and ATTA live in ``jsemi.robust_training`` and the
+table of modes, with the public ``make_train_step`` / ``train_epoch``, in
+``jsemi.training_modes`` (which imports both; neither imports it).
+
 Design:
 
 - ``TrainState`` holds the full variables (``params`` and ``batch_stats``) and an
@@ -39,14 +44,16 @@ from flax import struct
 from jsemi import partition
 from jsemi.validation import check_eps, check_labels
 
-TRAIN_MODES = ("standard", "pgd")
+# Every training mode's name; ``jsemi.training_modes.MODES`` has exactly one entry per name.
+TRAIN_MODES = ("standard", "pgd", "trades", "atta", "atta_trades")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Training hyperparameters (defaults: the paper's CIFAR settings, section 6 of the notes).
 
-    ``mode``: "standard" or "pgd" (PGD adversarial training, L-inf).  ``lr_schedule``:
+    ``mode``: one of ``TRAIN_MODES`` ("pgd": PGD adversarial training; "trades", "atta",
+    "atta_trades": see ``jsemi.robust_training``).  ``lr_schedule``:
     "step" (x0.1 at 1/3 and 2/3 of training, i.e. epochs 40 and 80 of 120),
     "cosine" or "constant".  ``optimizer``: "sgd" (momentum), "adam" or "adamw".
     """
@@ -70,8 +77,8 @@ class TrainConfig:
     atta_reset_every: int = 10
 
     def __post_init__(self):
-        if self.mode not in TRAIN_MODES + ("trades", "atta", "atta_trades"):
-            raise ValueError(f"unknown training mode {self.mode!r}; choose from {TRAIN_MODES + ('trades', 'atta', 'atta_trades')}")
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"unknown training mode {self.mode!r}; choose from {TRAIN_MODES}")
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose sgd, adam or adamw")
         if self.lr_schedule not in ("step", "cosine", "constant"):
@@ -116,7 +123,14 @@ def config_from_preset(preset: str, **overrides) -> TrainConfig:
 
 
 class TrainState(struct.PyTreeNode):
-    """Full variables plus optimizer state; ``trainable`` is the static set of trainable layers."""
+    """Full variables plus optimizer state; ``trainable`` is the static set of trainable layers.
+
+    ``carry``: the mode's state carried across epochs outside the jitted step (None for
+    most modes; ATTA's per-example perturbations, see ``jsemi.robust_training``); epoch
+    runners keep it up to date and checkpoints save it.  ``config``: the ``TrainConfig``
+    the state was built for (static; ``jsemi.training_modes.train_epoch`` runs the epoch
+    loop of ``config.mode``).
+    """
 
     step: jnp.ndarray
     params: Any
@@ -125,6 +139,8 @@ class TrainState(struct.PyTreeNode):
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     trainable: tuple[int, ...] = struct.field(pytree_node=False)
     n_layers: int = struct.field(pytree_node=False)
+    carry: Any = None
+    config: TrainConfig | None = struct.field(pytree_node=False, default=None)
 
     @property
     def variables(self) -> dict:
@@ -199,6 +215,7 @@ def create_train_state(
         tx=tx,
         trainable=trainable,
         n_layers=n,
+        config=config,
     )
 
 
@@ -241,21 +258,24 @@ def adversarial_inputs(model: nn.Module, variables: dict, x, y, key, config: Tra
     )
 
 
-def make_train_step(model: nn.Module, config: TrainConfig) -> Callable:
-    """Returns a jitted ``step(state, x, y, key) -> (state, metrics)``.
+def build_train_step(model: nn.Module, config: TrainConfig, loss_builder: Callable, *,
+                     self_augmenting: bool = False) -> Callable:
+    """Jitted ``step(state, x, y, key, extra=None) -> (state, metrics[, new_extra])`` of one mode.
 
-    ``x`` may be uint8 or float NHWC; metrics are the mean loss (nats) and the accuracy
-    on the inputs actually trained on (adversarial ones in adversarial modes).
+    ``loss_builder(model, config, forward, eval_vars, x, y, key, extra)`` returns
+    ``loss_fn(p_train) -> (loss, (logits, new_batch_stats, new_extra))`` (see ``standard_loss``).
+    ``self_augmenting``: the step skips its own augmentation and the builder gets the raw
+    batch (it augments itself when ``config.augment``).  ``x`` may be uint8 or float NHWC;
+    metrics are the mean loss (nats) and the accuracy on the inputs actually trained on
+    (adversarial ones in adversarial modes).  ``new_extra`` is returned when ``extra`` is
+    given (ATTA's perturbations of the batch).  ``state.carry`` passes through untouched.
+    Use ``jsemi.training_modes.make_train_step``, which picks the builder of ``config.mode``.
     """
-    loss_fns = _loss_registry()
-    if config.mode not in loss_fns:
-        raise ValueError(f"training mode {config.mode!r} is not available; have {sorted(loss_fns)}")
-    mode_loss = loss_fns[config.mode]
 
     def step(state: TrainState, x, y, key, extra=None):
         x = to_unit_float(x)
         k_aug, k_adv = jax.random.split(key)
-        if config.augment and config.mode not in _SELF_AUGMENTING:
+        if config.augment and not self_augmenting:
             from jsemi.data import augment
 
             x = augment(k_aug, x, flip=config.flip)
@@ -273,7 +293,7 @@ def make_train_step(model: nn.Module, config: TrainConfig) -> Callable:
             return model.apply(variables, xin, train=False), state.batch_stats
 
         eval_vars = state.variables
-        loss_and_aux = mode_loss(model, config, forward, eval_vars, x, y, k_adv, extra)
+        loss_and_aux = loss_builder(model, config, forward, eval_vars, x, y, k_adv, extra)
         (loss, (logits, new_stats, new_extra)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(p_train)
         # Frozen leaves get zero gradients; multi_transform maps them to set_to_zero.
         full_grads = partition.merge(grads, jax.tree_util.tree_map(jnp.zeros_like, p_frozen)) if p_frozen else grads
@@ -293,12 +313,12 @@ def make_train_step(model: nn.Module, config: TrainConfig) -> Callable:
             return new_state, metrics, new_extra
         return new_state, metrics
 
-    jitted = jax.jit(step)
-    jitted.config = config  # lets train_epoch find the mode's epoch runner (ATTA's buffer)
-    return jitted
+    return jax.jit(step)
 
 
-def _standard_loss(model, config, forward, eval_vars, x, y, key, extra):
+def standard_loss(model, config, forward, eval_vars, x, y, key, extra):
+    """Loss builder of mode "standard": mean cross-entropy (nats) on the (augmented) batch."""
+
     def loss_fn(p_tr):
         logits, stats = forward(p_tr, x)
         return cross_entropy(logits, y), (logits, stats, extra)
@@ -306,7 +326,8 @@ def _standard_loss(model, config, forward, eval_vars, x, y, key, extra):
     return loss_fn
 
 
-def _pgd_loss(model, config, forward, eval_vars, x, y, key, extra):
+def pgd_loss(model, config, forward, eval_vars, x, y, key, extra):
+    """Loss builder of mode "pgd": cross-entropy on PGD examples (``adversarial_inputs``)."""
     x_adv = jax.lax.stop_gradient(adversarial_inputs(model, eval_vars, x, y, key, config))
 
     def loss_fn(p_tr):
@@ -314,42 +335,6 @@ def _pgd_loss(model, config, forward, eval_vars, x, y, key, extra):
         return cross_entropy(logits, y), (logits, stats, extra)
 
     return loss_fn
-
-
-_EXTRA_LOSSES: dict[str, Callable] = {}
-# Modes whose loss builder augments the (un-augmented) batch itself, e.g. ATTA, which must
-# apply the same crop/flip to its carried perturbations and invert it afterwards.
-_SELF_AUGMENTING: set[str] = set()
-# mode -> epoch loop replacing ``train_epoch``'s (same signature), for modes with per-example state.
-_EPOCH_RUNNERS: dict[str, Callable] = {}
-
-
-def register_training_mode(name: str, loss_builder: Callable, *, self_augmenting: bool = False,
-                           epoch_runner: Callable | None = None) -> None:
-    """Registers a training mode: ``loss_builder(model, config, forward, eval_vars, x, y, key, extra)``
-    returns ``loss_fn(p_train) -> (loss, (logits, new_batch_stats, new_extra))``.
-
-    ``self_augmenting``: the step skips its own augmentation and the builder gets the raw
-    batch (it must augment itself when ``config.augment``).  ``epoch_runner``: replaces
-    ``train_epoch``'s loop for steps of this mode (same signature), e.g. to carry ATTA's
-    per-example perturbations across epochs."""
-    _EXTRA_LOSSES[name] = loss_builder
-    if self_augmenting:  # the step then passes x un-augmented; the builder reads config.augment
-        _SELF_AUGMENTING.add(name)
-    else:
-        _SELF_AUGMENTING.discard(name)
-    if epoch_runner is not None:  # train_epoch(step of this mode, ...) calls it instead
-        _EPOCH_RUNNERS[name] = epoch_runner
-    else:
-        _EPOCH_RUNNERS.pop(name, None)
-
-
-def _loss_registry() -> dict[str, Callable]:
-    try:  # TRADES / ATTA live in their own module
-        import jsemi.robust_training  # noqa: F401
-    except ImportError:
-        pass
-    return {"standard": _standard_loss, "pgd": _pgd_loss, **_EXTRA_LOSSES}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -457,7 +442,7 @@ def batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list[np.nda
     return [perm[i * batch_size:(i + 1) * batch_size] for i in range(nb)]
 
 
-def train_epoch(
+def run_epoch(
     state: TrainState,
     step_fn: Callable,
     images: np.ndarray,
@@ -470,15 +455,10 @@ def train_epoch(
     progress: bool = False,
     desc: str = "train",
 ) -> tuple[TrainState, dict]:
-    """One pass over the data; returns the new state and mean loss / accuracy / seconds.
-
-    Modes with an epoch runner (ATTA: per-example perturbations carried across epochs) are
-    delegated to it; it keeps their state between calls (see ``jsemi.robust_training``).
-    """
-    runner = _EPOCH_RUNNERS.get(getattr(getattr(step_fn, "config", None), "mode", None))
-    if runner is not None:
-        return runner(state, step_fn, images, labels, key, batch_size=batch_size, seed=seed, epoch=epoch,
-                      progress=progress, desc=desc)
+    """Epoch loop of the modes without carried state: one pass over shuffled full batches
+    (``batch_indices``), batch i with key ``fold_in(key, i)``.  Returns the new state and mean
+    loss / accuracy / seconds.  Use ``jsemi.training_modes.train_epoch``, which picks the
+    loop of ``state.config.mode`` (ATTA has its own)."""
     idx = batch_indices(images.shape[0], batch_size, seed, epoch)
     one = lambda st, i, ix: step_fn(st, images[ix], labels[ix], jax.random.fold_in(key, i))
     return run_batches(state, idx, one, progress=progress, desc=desc)

@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jsemi import robust_training, sharding, train  # noqa: E402
+from jsemi import robust_training, sharding, train, training_modes  # noqa: E402
 from jsemi.attacks import LinfBall, pgd  # noqa: E402
 from jsemi.models import get_model, init_model  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> None:
     # 1. PGD training step (attack inside the compiled step, BatchNorm, augmentation), two steps.
     cfg = train.TrainConfig(mode="pgd", optimizer="sgd", lr=0.05, eps=0.1, attack_steps=2, attack_step_size=0.05,
                             batch_size=16, epochs=1, augment=True, flip=True)
-    step = train.make_train_step(model, cfg)
+    step = training_modes.make_train_step(model, cfg)
     s_single = train.create_train_state(variables, cfg, 4)
     s_shard = sharding.replicate(train.create_train_state(variables, cfg, 4), mesh)
     sstep = sharding.shard_train_step(step, mesh)
@@ -70,7 +70,7 @@ def main() -> None:
     # 2. ATTA step: the carried perturbations are split along "data" and come back sharded.
     cfg_a = train.TrainConfig(mode="atta", optimizer="sgd", lr=0.05, eps=0.1, atta_steps=2, attack_step_size=0.05,
                               batch_size=16, epochs=1, augment=True, flip=True)
-    astep = train.make_train_step(model, cfg_a)
+    astep = training_modes.make_train_step(model, cfg_a)
     delta = rng.uniform(-0.1, 0.1, x.shape).astype(np.float32)
     sa1, ma1, d1 = astep(train.create_train_state(variables, cfg_a, 4), x, y, key, delta)
     sa2, ma2, d2 = sharding.shard_train_step(astep, mesh)(train.create_train_state(variables, cfg_a, 4), x, y, key, delta)

@@ -50,7 +50,8 @@ FT = TrainConfig(mode="pgd", optimizer="sgd", lr=0.05, weight_decay=5e-4, lr_sch
 
 def make_nets(tr):
     """An untrained 'normal' net and a briefly adversarially trained 'robust' one (so Acc* > Acc_sr)."""
-    from jsemi.train import create_train_state, make_train_step, train_epoch
+    from jsemi.train import create_train_state
+    from jsemi.training_modes import make_train_step, train_epoch
 
     model = get_model("small_cnn", **TINY_KW)
     normal = init_model(model, jax.random.PRNGKey(0), (28, 28, 1))
@@ -431,7 +432,8 @@ def _paper_smoke(model_name: str, dataset: str, tmp_path, attack_steps: int | No
     from jsemi.experiments import configs
     import tensorflow_datasets as tfds
 
-    from jsemi.train import create_train_state, make_train_step
+    from jsemi.train import create_train_state
+    from jsemi.training_modes import make_train_step
 
     exp = configs.PAPER[f"{model_name}-{dataset}"]
     if dataset == "tiny_imagenet":

@@ -1,4 +1,4 @@
-"""TRADES and ATTA training modes (jsemi.robust_training)."""
+"""TRADES and ATTA training modes (jsemi.robust_training) and the table of modes (jsemi.training_modes)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ast
+from pathlib import Path
+
+from jsemi import checkpoint
 from jsemi import robust_training as rt
 from jsemi import train
+from jsemi import training_modes as tm
 from jsemi.attacks import LinfBall, pgd
 from jsemi.data import augment_params, crop_flip, load_dataset
 from jsemi.models import get_model, init_model
@@ -40,12 +45,11 @@ def _fit(net, digits, cfg):
     model, v0 = net
     xs, ys = digits[0], digits[1]
     state = train.create_train_state(v0, cfg, xs.shape[0] // cfg.batch_size)
-    step = train.make_train_step(model, cfg)
-    buf = rt.make_buffer(cfg, xs, seed=0)
+    step = tm.make_train_step(model, cfg)
     for epoch in range(cfg.epochs):
-        state, _ = rt.train_epoch(state, step, xs, ys, jax.random.key(epoch), batch_size=cfg.batch_size,
-                                  seed=0, epoch=epoch, buffer=buf)
-    return state, buf
+        state, _ = tm.train_epoch(state, step, xs, ys, jax.random.key(epoch), batch_size=cfg.batch_size,
+                                  seed=0, epoch=epoch)
+    return state
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +67,12 @@ def accuracy(net):
 
 @pytest.fixture(scope="module")
 def normal(net, digits, accuracy):
-    state, _ = _fit(net, digits, _config("standard"))
+    state = _fit(net, digits, _config("standard"))
     return accuracy(state, digits)
 
 
 def _check_more_robust(mode, net, digits, accuracy, normal):
-    state, _ = _fit(net, digits, _config(mode))
+    state = _fit(net, digits, _config(mode))
     clean, robust = accuracy(state, digits)
     n_clean, n_robust = normal
     assert n_clean > 0.85 and n_robust < 0.1, (n_clean, n_robust)  # the normal model is accurate and fragile
@@ -96,7 +100,7 @@ def test_trades_with_beta_zero_is_clean_cross_entropy(net, digits):
     out = {}
     for mode in ("standard", "trades"):
         cfg = _config(mode, trades_beta=0.0)
-        _, m = train.make_train_step(model, cfg)(train.create_train_state(v0, cfg, 1), x, y, key)
+        _, m = tm.make_train_step(model, cfg)(train.create_train_state(v0, cfg, 1), x, y, key)
         out[mode] = float(m["loss"])
     assert out["trades"] == pytest.approx(out["standard"], abs=1e-6)
 
@@ -115,7 +119,7 @@ def test_trades_inputs_increase_kl_inside_the_ball(net, digits):
 def test_atta_step_requires_the_perturbations(net, digits):
     model, v0 = net
     cfg = _config("atta")
-    step = train.make_train_step(model, cfg)
+    step = tm.make_train_step(model, cfg)
     with pytest.raises(ValueError, match="carries per-example perturbations"):
         step(train.create_train_state(v0, cfg, 1), digits[0][:64], digits[1][:64], jax.random.key(0))
 
@@ -131,64 +135,113 @@ def test_uncrop_inverts_crop_flip():
     assert 0.3 < float(seen.mean()) < 1.0  # shifted crops hide some pixels, which keep `old`
 
 
-def test_atta_buffer_carries_and_resets(net, digits):
+def test_atta_carry_carries_and_resets(net, digits):
     model, v0 = net
     xs, ys = digits[0][:256], digits[1][:256]
     cfg = _config("atta", atta_reset_every=2, augment=True, flip=False)
-    buf = rt.make_buffer(cfg, xs, seed=3)
-    assert isinstance(buf, rt.PerturbationBuffer) and buf.delta.shape == (256, 8, 8, 1)
-    assert rt.make_buffer(_config("trades"), xs) is None
-    step = train.make_train_step(model, cfg)
+    step = tm.make_train_step(model, cfg)
     state = train.create_train_state(v0, cfg, 4)
+    assert state.carry is None and tm.init_carry(_config("trades"), 256, (8, 8, 1)) is None
     snapshots, resets = [], []
     for epoch in range(3):
-        before = buf.delta.copy()
-        state, m = rt.train_epoch(state, step, xs, ys, jax.random.key(epoch), batch_size=64, seed=0,
-                                  epoch=epoch, buffer=buf)
-        resets.append(buf.last_reset)
-        snapshots.append((before, buf.delta.copy()))
+        before = None if state.carry is None else state.carry["delta"].copy()
+        state, m = tm.train_epoch(state, step, xs, ys, jax.random.key(epoch), batch_size=64, seed=3, epoch=epoch)
+        assert state.carry["delta"].shape == (256, 8, 8, 1) and state.carry["delta"].dtype == np.float32
+        resets.append(int(state.carry["last_reset"]))
+        snapshots.append((before, state.carry["delta"].copy()))
         assert np.isfinite(m["loss"])
-        assert np.abs(buf.delta).max() <= EPS + 1e-6
+        assert np.abs(state.carry["delta"]).max() <= EPS + 1e-6
     assert resets == [0, 0, 2]  # reset at epochs 0 and 2 (every 2 epochs)
     # Epoch 1 starts from epoch 0's final perturbations (carried), epoch 2 from a fresh draw.
     np.testing.assert_array_equal(snapshots[1][0], snapshots[0][1])
     assert not np.array_equal(snapshots[0][1], snapshots[1][1])  # the steps moved them
-    fresh = rt.PerturbationBuffer(256, (8, 8, 1), eps=EPS, reset_every=2, seed=3)
-    fresh.reset(2)
-    assert not np.array_equal(fresh.delta, snapshots[2][1])  # epoch 2 attacked its fresh start
+    fresh = rt.draw_perturbations(cfg, (256, 8, 8, 1), seed=3, epoch=2)
+    assert not np.array_equal(fresh, snapshots[2][1])  # epoch 2 attacked its fresh start
+    with pytest.raises(ValueError, match="training set"):  # a carry belongs to one training set
+        tm.train_epoch(state, step, xs[:128], ys[:128], jax.random.key(0), batch_size=64, seed=3, epoch=3)
 
 
-def test_buffer_validation_and_roundtrip(tmp_path):
-    buf = rt.PerturbationBuffer(4, (3, 3, 1), eps=0.1, norm="l2", reset_every=5, seed=0)
-    assert buf.start_epoch(3)  # never filled: reset even off-schedule (resumed run)
-    assert not buf.start_epoch(4)
-    assert np.all(np.linalg.norm(buf.delta.reshape(4, -1), axis=1) <= 0.1 + 1e-6)
-    buf.put([1, 2], np.ones((2, 3, 3, 1), np.float32))
-    np.testing.assert_array_equal(buf.get([2]), np.ones((1, 3, 3, 1)))
-    with pytest.raises(ValueError, match="shape"):
-        buf.put([0], np.ones((2, 3, 3, 1)))
-    buf.save(tmp_path / "atta.npy")
-    other = rt.PerturbationBuffer(4, (3, 3, 1), eps=0.1, norm="l2")
-    other.load(tmp_path / "atta.npy")
-    np.testing.assert_array_equal(other.delta, buf.delta)
-    with pytest.raises(ValueError):
-        rt.PerturbationBuffer(4, (3, 3, 1), eps=0.1, reset_every=0)
+def test_atta_carry_draws_validation_and_checkpoint_roundtrip(tmp_path):
+    cfg = _config("atta", eps=0.1, attack_norm="l2", atta_reset_every=5)
+    carry = rt.init_perturbations(cfg, 4, (3, 3, 1))
+    assert int(carry["last_reset"]) == -1 and not carry["delta"].any()
+    carry, drawn = rt.start_epoch(carry, cfg, seed=0, epoch=3)
+    assert drawn and int(carry["last_reset"]) == 3  # never drawn: drawn even off-schedule (resumed run)
+    again, drawn = rt.start_epoch(carry, cfg, seed=0, epoch=4)
+    assert not drawn and again is carry
+    norms = np.linalg.norm(carry["delta"].reshape(4, -1), axis=1)
+    assert np.all(norms <= 0.1 + 1e-6) and np.all(norms > 0)
+    linf = rt.draw_perturbations(_config("atta", eps=0.1), (64, 3, 3, 1), seed=0, epoch=0)
+    assert np.abs(linf).max() <= 0.1 and np.abs(linf).max() > 0.09  # uniform in the cube
+    np.testing.assert_array_equal(linf, rt.draw_perturbations(_config("atta", eps=0.1), (64, 3, 3, 1), 0, 0))
+    # the carry is part of the checkpointed state tree and comes back bit for bit
+    checkpoint.save(tmp_path, 1, {"carry": carry}, {"epoch": 1})
+    back, _ = checkpoint.restore(tmp_path, {"carry": rt.init_perturbations(cfg, 4, (3, 3, 1))})
+    np.testing.assert_array_equal(np.asarray(back["carry"]["delta"]), carry["delta"])
+    assert int(back["carry"]["last_reset"]) == 3
+    with pytest.raises(ValueError, match="num_examples"):
+        rt.init_perturbations(cfg, 0, (3, 3, 1))
+    with pytest.raises(ValueError, match="atta_reset_every"):
+        rt.init_perturbations(_config("atta", atta_reset_every=0), 4, (3, 3, 1))
     with pytest.raises(ValueError, match="atta_steps"):
-        rt.make_buffer(_config("atta", atta_steps=0), np.zeros((4, 3, 3, 1), np.uint8))
+        tm.init_carry(_config("atta", atta_steps=0), 4, (3, 3, 1))
 
 
-def test_train_epoch_of_jsemi_train_runs_atta_with_an_automatic_buffer(net, digits):
-    """Epoch loops written for jsemi.train.train_epoch (pretraining, Algorithm 1) run ATTA unchanged."""
+def test_train_epoch_keeps_atta_perturbations_in_the_state(net, digits):
+    """Epoch loops (pretraining, Algorithm 1) run ATTA through training_modes.train_epoch; the
+    perturbations travel in state.carry, and the input state is never modified."""
     model, v0 = net
     xs, ys = digits[0][:128], digits[1][:128]
     cfg = _config("atta")
-    step = train.make_train_step(model, cfg)
-    state = train.create_train_state(v0, cfg, 2)
-    assert rt.buffer_of(step) is None
-    state, m = train.train_epoch(state, step, xs, ys, jax.random.key(0), batch_size=64, seed=5, epoch=0)
-    buf = rt.buffer_of(step)
-    assert buf is not None and buf.seed == 5 and buf.last_reset == 0 and np.isfinite(m["loss"])
-    state, _ = train.train_epoch(state, step, xs, ys, jax.random.key(1), batch_size=64, seed=5, epoch=1)
-    assert rt.buffer_of(step) is buf and buf.last_reset == 0  # carried, not reset
-    train.train_epoch(state, step, xs, ys, jax.random.key(2), batch_size=64, seed=6, epoch=0)
-    assert rt.buffer_of(step) is not buf and rt.buffer_of(step).seed == 6  # a new trial, a new buffer
+    step = tm.make_train_step(model, cfg)
+    assert not hasattr(step, "config")  # nothing is stuck on the jitted function
+    state0 = train.create_train_state(v0, cfg, 2)
+    s1, m = tm.train_epoch(state0, step, xs, ys, jax.random.key(0), batch_size=64, seed=5, epoch=0)
+    assert state0.carry is None and int(s1.carry["last_reset"]) == 0 and np.isfinite(m["loss"])
+    d1 = s1.carry["delta"].copy()
+    s2, _ = tm.train_epoch(s1, step, xs, ys, jax.random.key(1), batch_size=64, seed=5, epoch=1)
+    assert int(s2.carry["last_reset"]) == 0  # carried, not reset
+    np.testing.assert_array_equal(s1.carry["delta"], d1)  # the input state's carry is untouched
+    assert not np.array_equal(s2.carry["delta"], d1)
+    s3, _ = tm.train_epoch(state0, step, xs, ys, jax.random.key(1), batch_size=64, seed=6, epoch=0)
+    assert not np.array_equal(s3.carry["delta"], s1.carry["delta"])  # a new trial (seed), a new draw
+
+
+def test_pretrain_resume_of_atta_is_exact(digits, tmp_path):
+    """The carried perturbations are checkpointed: 1 epoch + resume == 2 epochs, bit for bit."""
+    from jsemi.pretrain import load_trained, pretrain
+
+    xs, ys = digits[0][:128], digits[1][:128]
+    xt, yt = digits[0][128:192], digits[1][128:192]
+    cfg = _config("atta", epochs=2, atta_reset_every=10)
+    kw = dict(num_classes=10, model_kwargs=dict(widths=(8,), hidden=16), progress=False, log=lambda s: None)
+    full = pretrain(tmp_path / "full", "small_cnn", xs, ys, xt, yt, cfg, **kw)
+    pretrain(tmp_path / "part", "small_cnn", xs, ys, xt, yt, cfg, stop_after_epochs=1, **kw)
+    part = pretrain(tmp_path / "part", "small_cnn", xs, ys, xt, yt, cfg, **kw)
+    assert [r["train_loss"] for r in part.history] == [r["train_loss"] for r in full.history]
+    for u, v in zip(jax.tree_util.tree_leaves(full.variables), jax.tree_util.tree_leaves(part.variables)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    _, loaded, _ = load_trained(tmp_path / "part")
+    for u, v in zip(jax.tree_util.tree_leaves(full.variables), jax.tree_util.tree_leaves(loaded)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_the_table_lists_every_mode_explicitly():
+    assert tuple(tm.MODES) == train.TRAIN_MODES
+    assert {m for m, spec in tm.MODES.items() if spec.self_augmenting} == set(rt.ATTA_MODES)
+    assert {m for m, spec in tm.MODES.items() if spec.init_carry is not None} == set(rt.ATTA_MODES)
+    assert all(tm.MODES[m].epoch_runner is train.run_epoch for m in ("standard", "pgd", "trades"))
+    with pytest.raises(TypeError):
+        tm.MODES["mine"] = tm.MODES["pgd"]  # read-only: no registration at run time
+    with pytest.raises(ValueError, match="unknown training mode"):
+        tm.get_mode("fancy")
+    # no cycle: train.py and robust_training.py never import the table; train.py never imports robust_training
+    src = Path(train.__file__).parent
+
+    def imports(name):
+        tree = ast.parse((src / name).read_text())
+        return {a.name if isinstance(n, ast.Import) else f"{n.module}.{a.name}"
+                for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+
+    assert not [i for i in imports("train.py") if "robust_training" in i or "training_modes" in i]
+    assert not [i for i in imports("robust_training.py") if "training_modes" in i]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jsemi import precision, sharding, train
+from jsemi import precision, sharding, train, training_modes
 from jsemi.attacks import L2Ball, LinfBall, pgd
 from jsemi.models import get_model, init_model
 
@@ -124,7 +124,7 @@ def test_pad_to_multiple_repeats_last_example():
 def test_single_device_path_equals_plain_step(tiny):
     model, variables, x, y = tiny
     cfg = train.TrainConfig(mode="standard", optimizer="adam", lr=1e-3, batch_size=8, epochs=1, augment=False)
-    step = train.make_train_step(model, cfg)
+    step = training_modes.make_train_step(model, cfg)
     key = jax.random.key(3)
     s1, m1 = step(train.create_train_state(variables, cfg, 2), x, y, key)
     s2, m2 = sharding.shard_train_step(step, sharding.make_mesh())(train.create_train_state(variables, cfg, 2), x, y, key)
@@ -179,7 +179,7 @@ def test_bf16_training_keeps_float32_params_and_loss(tiny):
         cfg = train.TrainConfig(mode=mode, optimizer="sgd", lr=0.05, eps=0.1, attack_steps=2, attack_step_size=0.05,
                                 batch_size=8, epochs=1, augment=False)
         state = train.create_train_state(variables, cfg, 2)
-        state, m = train.make_train_step(m16, cfg)(state, x, y, jax.random.key(0))
+        state, m = training_modes.make_train_step(m16, cfg)(state, x, y, jax.random.key(0))
         assert m["loss"].dtype == jnp.float32 and np.isfinite(float(m["loss"]))
         for leaf in jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state)):
             if jnp.issubdtype(leaf.dtype, jnp.floating):

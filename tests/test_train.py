@@ -10,8 +10,8 @@ from jsemi.data import load_dataset
 from jsemi.models import get_model, init_model, layer_outputs
 from jsemi.train import (
     TrainConfig, config_from_preset, create_train_state, evaluate, frozen_leaves_equal, lr_schedule,
-    make_train_step, train_epoch,
 )
+from jsemi.training_modes import make_train_step, train_epoch
 
 
 @pytest.fixture(scope="module")
