@@ -30,7 +30,6 @@ of [0, 1] images.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -42,7 +41,7 @@ import optax
 from flax import struct
 
 from jsemi import partition
-from jsemi.validation import check_eps, check_labels
+from jsemi.validation import check_eps
 
 # Every training mode's name; ``jsemi.training_modes.MODES`` has exactly one entry per name.
 TRAIN_MODES = ("standard", "pgd", "trades", "atta", "atta_trades")
@@ -340,68 +339,6 @@ def pgd_loss(model, config, forward, eval_vars, x, y, key, extra):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _pad_batch(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    n = x.shape[0]
-    if n == size:
-        return x, y, n
-    reps = size - n
-    return np.concatenate([x, np.repeat(x[-1:], reps, 0)]), np.concatenate([y, np.repeat(y[-1:], reps, 0)]), n
-
-
-def correctness_fns(model: nn.Module, attack: Callable | None) -> tuple[Callable, Callable | None]:
-    """Un-jitted ``clean(variables, x, y)`` and ``adv(variables, x, y, key)`` (None without attack):
-    per-example correctness (B,) bool of the inference-mode model, x uint8 or float in [0, 1]."""
-
-    def clean_correct(v, x, y):
-        x = to_unit_float(x)
-        return jnp.argmax(model.apply(v, x, train=False), -1) == y
-
-    def adv_correct(v, x, y, k):
-        x = to_unit_float(x)
-        lf = lambda z: model.apply(v, z, train=False)
-        xa = attack(lf, x, y, k)
-        return jnp.argmax(lf(xa), -1) == y
-
-    return clean_correct, (adv_correct if attack is not None else None)
-
-
-def check_eval_data(images: np.ndarray, labels, num_classes: int | None) -> np.ndarray:
-    """Validates an evaluation set (non-empty, images uint8 or float in [0, 1], labels in
-    range); returns the labels as a NumPy array."""
-    labels = np.asarray(labels)
-    check_labels(labels, num_classes, "labels", batch=images.shape[0])
-    if images.shape[0] == 0:
-        raise ValueError("evaluate: empty dataset")
-    if images.dtype != np.uint8:
-        from jsemi.validation import check_images
-
-        check_images(images, "images")
-    return labels
-
-
-def count_correct(clean_fn: Callable, adv_fn: Callable | None, variables, images: np.ndarray, labels: np.ndarray,
-                  key: jax.Array, *, batch_size: int, padded_size: int, progress: bool = False,
-                  desc: str = "eval") -> dict:
-    """Host loop of :func:`evaluate`: batches of ``batch_size`` padded to ``padded_size`` (one
-    compiled shape), attack key ``fold_in(key, b)`` for batch b.  Returns {'acc', 'adv_acc'
-    (None without ``adv_fn``), 'n'}, accuracies in [0, 1]."""
-    n_batches = math.ceil(images.shape[0] / batch_size)
-    it = range(n_batches)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=desc, leave=False)
-    clean, adv = 0, 0
-    for b in it:
-        sl = slice(b * batch_size, (b + 1) * batch_size)
-        xb, yb, n = _pad_batch(images[sl], labels[sl], padded_size)
-        clean += int(np.sum(np.asarray(jax.device_get(clean_fn(variables, xb, yb)))[:n]))
-        if adv_fn is not None:
-            adv += int(np.sum(np.asarray(jax.device_get(adv_fn(variables, xb, yb, jax.random.fold_in(key, b))))[:n]))
-    total = images.shape[0]
-    return {"acc": clean / total, "adv_acc": (adv / total) if adv_fn is not None else None, "n": total}
-
-
 def evaluate(
     model: nn.Module,
     variables: dict,
@@ -415,17 +352,15 @@ def evaluate(
 ) -> dict:
     """Clean (and attacked, if ``attack(logits_fn, x, y, key)`` is given) accuracy in [0, 1].
 
-    Returns {'acc': clean accuracy, 'adv_acc': attacked accuracy or None, 'n': images}.
-    Batches are padded to one shape so each function compiles once.
+    ``jsemi.evaluation.evaluate`` of ``jsemi.models.bind(model, variables)``: the weights are
+    jit arguments, so every epoch of a run reuses one compiled program.  Returns {'n', 'acc',
+    'adv_acc' (argmax f(x_adv) == y; None without attack), 'robust_acc'}.
     """
-    out = jax.eval_shape(lambda v, z: model.apply(v, z, train=False), variables,
-                         jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32))
-    labels = check_eval_data(images, labels, int(out.shape[-1]))
-    bs = min(batch_size, images.shape[0])
-    clean_fn, adv_fn = correctness_fns(model, attack)
-    adv_fn = jax.jit(adv_fn) if adv_fn is not None else None
-    return count_correct(jax.jit(clean_fn), adv_fn, variables, images, labels, key,
-                         batch_size=bs, padded_size=bs, progress=progress, desc=desc)
+    from jsemi.evaluation import evaluate as _evaluate
+    from jsemi.models import bind
+
+    return _evaluate(bind(model, variables), images, labels, key, attack, batch_size=batch_size,
+                     progress=progress, desc=desc)
 
 
 # ----------------------------------------------------------------------------- epoch loop

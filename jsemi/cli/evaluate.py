@@ -33,8 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import jax
 
+    from jsemi.evaluation import evaluate
+    from jsemi.models import bind
     from jsemi.pretrain import load_trained
-    from jsemi.train import evaluate
 
     model, variables, meta = load_trained(args.run)
     dataset = args.dataset or meta["signature"]["dataset"]
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         if args.restarts is not None:
             settings["restarts"] = args.restarts
         attack = get_attack(args.attack, make_threat(norm, args.eps), **settings)
-    res = evaluate(model, variables, test.images, test.labels, jax.random.PRNGKey(args.seed), attack=attack,
+    # one evaluator (jsemi.evaluation): AutoAttack runs on concrete batches, others compiled once
+    res = evaluate(bind(model, variables), test.images, test.labels, jax.random.PRNGKey(args.seed), attack,
                    batch_size=args.batch_size, progress=not args.no_progress)
     out = {"run": str(args.run), "dataset": dataset, "n": res["n"], "clean_acc": res["acc"],
            "attack": args.attack, "eps": args.eps if attack else None, "adv_acc": res["adv_acc"]}
