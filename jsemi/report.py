@@ -10,9 +10,12 @@ its mean ± std over all trials is in the rho table next to the within-class per
 null, the excess over the null and the p-value.  rho_j is the dependency of the pair
 (j-1, j), in bits.
 
-Figures (PNG, matplotlib with the Agg backend): rho per layer pair for each # fb
-(Fig. S2), rho against k (Fig. S3), rho across independently pretrained models
-(Fig. S1), and attacked accuracy per fine-tuning epoch.
+Figures (PNG, matplotlib with the Agg backend, the ``jsemi[plots]`` extra): rho per layer
+pair for each # fb (Fig. S2), rho against k (Fig. S3), rho across independently pretrained
+models (Fig. S1), and attacked accuracy per fine-tuning epoch.  Without matplotlib the
+plot functions raise ImportError naming the extra, and ``alg1_report`` says once that it
+skipped them.  Every table also goes to CSV (``table_records``, ``rho_records``,
+``trial_records``; ``jsemi.csv_tables``).
 
 ``check_claims`` tests the paper's qualitative results (section 7) on the rows and says
 plainly, with the numbers, when one does not hold.  Nothing here tunes anything.
@@ -21,8 +24,9 @@ plainly, with the numbers, when one does not hold.  Nothing here tunes anything.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -192,6 +196,59 @@ def trials_markdown(trials: Sequence[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- CSV twins
+
+
+def _ms(prefix: str, v: tuple) -> dict:
+    return {f"{prefix}_mean": v[0], f"{prefix}_std": v[1]}
+
+
+def _sweep_keys(rows: Sequence[Mapping]) -> dict:
+    return {key: None for key, _, _ in _sweep_columns(rows)}
+
+
+def table_records(rows: Sequence[Mapping]) -> list[dict]:
+    """The rows of ``table_markdown`` as CSV records: accuracies as fractions in [0, 1] (the
+    Markdown shows percent), mean and std over trials in two columns, rho columns in bits."""
+    labels, sweep = rho_column_labels(rows), _sweep_keys(rows)
+    out = []
+    for r in rows:
+        rec = {"net": r["net"], "dataset": r["dataset"], "num_fb": r["num_fb"], "n": r["n"], "a": r["a"]}
+        rec.update({key: r.get(key) for key in sweep})
+        rec.update({"k": r.get("k"), "trials": r["trials"], "converged": r["converged"], "estimator": r["estimator"],
+                    "acc": r["acc"], "acc_star": r["acc_star"], **_ms("acc_sr", r["acc_sr"]),
+                    **_ms("acc_tilde", r["acc_tilde"]), **_ms("diff", r["diff"]), **_ms("epochs", r["epochs"]),
+                    "max_epochs": r.get("max_epochs"), **_ms("wall_s", r["wall_s"])})
+        rec.update({lab: r["rho_columns"].get(lab) for lab in labels})
+        out.append(rec)
+    return out
+
+
+def rho_records(rows: Sequence[Mapping]) -> list[dict]:
+    """The rows of ``rho_table_markdown`` as CSV records (bits; p-values median and max)."""
+    sweep = _sweep_keys(rows)
+    return [{"num_fb": r["num_fb"], **{key: r.get(key) for key in sweep}, "j_minus_1": j - 1, "j": j,
+             "column": rho_label(j, r["n"]), **_ms("rho", e["rho"]), **_ms("null", e["null"]),
+             **_ms("excess", e["excess"]), "p_value_median": e["p_value_median"], "p_value_max": e["p_value_max"],
+             "table_value": e["selected"], "table_value_from": e["selected_from"]}
+            for r in rows for j, e in sorted(r["rho_pairs"].items(), reverse=True)]
+
+
+def trial_records(trials: Sequence[Mapping]) -> list[dict]:
+    """One CSV record per trial (fractions; ``adv_acc_per_epoch`` a JSON list; ``rho_j<j>`` the
+    primary estimator's rho of pair (j-1, j) in bits)."""
+    out = []
+    for t in trials:
+        rec = {key: t.get(key) for key in ("num_fb", "trial", "seed", "k", "acc", "acc_star", "threshold", "acc_sr",
+                                           "acc_tilde", "diff", "converged", "epochs", "fa_star_bit_identical")}
+        rec["wall_s"] = (t.get("timing") or {}).get("wall_s")
+        rec["adv_acc_per_epoch"] = [h["adv_acc"] for h in t.get("history", [])]
+        rec["rho_estimator"] = t.get("rho_estimator")
+        rec.update({f"rho_j{j}": _num(e.get("rho")) for j, e in sorted(_rho_entries(t).items())})
+        out.append(rec)
+    return out
+
+
 # ----------------------------------------------------------------------------- claims
 
 
@@ -318,8 +375,15 @@ def claims_markdown(claims: Sequence[Mapping]) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
+PLOTS_HINT = "pip install 'jsemi[plots]'"
+
+
 def _plt():
-    import matplotlib
+    """matplotlib.pyplot on the Agg backend; ImportError naming ``PLOTS_HINT`` when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(f"figures need matplotlib, which is not installed ({PLOTS_HINT})") from e
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -445,9 +509,18 @@ def load_rows(run_dirs: Sequence[str | Path], estimator: str | None = None) -> t
     return rows, trials
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def alg1_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: str = "Algorithm 1",
-                estimator: str | None = None) -> Path:
-    """Writes table.md, figures and a short REPORT.md for a set of Algorithm 1 runs (``jsemi alg1``)."""
+                estimator: str | None = None, log: Callable[[str], None] = _stderr) -> Path:
+    """Writes table.md, figures and a short REPORT.md for a set of Algorithm 1 runs (``jsemi alg1``),
+    with CSV twins of the tables: table.csv, rho.csv and trials.csv (``table_records``,
+    ``rho_records``, ``trial_records``).  Without matplotlib the figures are skipped and ``log``
+    (standard error by default) says so once, naming ``PLOTS_HINT``."""
+    from jsemi.csv_tables import write_csv
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, trials = load_rows(run_dirs, estimator)
@@ -455,15 +528,20 @@ def alg1_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: s
         raise ValueError("no finished trials in " + ", ".join(str(d) for d in run_dirs))
     table = table_markdown(rows)
     (out_dir / "table.md").write_text(table)
-    figs = []
+    write_csv(out_dir / "table.csv", table_records(rows))
+    write_csv(out_dir / "rho.csv", rho_records(rows))
+    write_csv(out_dir / "trials.csv", trial_records(trials))
+    figs, skipped = [], None
     try:
         figs.append(plot_rho_per_layer(rows, out_dir / "rho_per_layer.png"))
         figs.append(plot_accuracy_per_epoch(trials, out_dir / "accuracy_per_epoch.png"))
-    except ImportError:  # matplotlib missing: tables only
-        pass
+    except ImportError as e:  # matplotlib missing: tables only, said once
+        skipped = f"figures skipped: {e}"
+        log(skipped)
     md = [f"# {title}", "", table, "## rho beside its permutation null", "", rho_table_markdown(rows),
           "## Trials", "", trials_markdown(trials), "## Paper's qualitative claims", "", claims_markdown(check_claims(rows))]
-    md += [f"![{p.stem}]({p.name})" for p in figs]
+    md += ["Tables as CSV: table.csv, rho.csv, trials.csv.", ""]
+    md += [f"![{p.stem}]({p.name})" for p in figs] + ([f"_{skipped}_"] if skipped else [])
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(md) + "\n")
     return path
