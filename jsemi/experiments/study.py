@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,6 +126,11 @@ class Unit:
         return f"{self.arch.label}-{self.data.label}"
 
 
+def hashable_kwargs(kw: Mapping[str, Any]) -> dict:
+    """Model kwargs with lists as tuples: Flax modules are jit static values, so they must hash."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+
+
 def _train(epochs: int, **kw) -> TrainConfig:
     base = dict(mode="standard", optimizer="adam", lr=1e-3, weight_decay=0.0, lr_schedule="constant", epochs=epochs,
                 batch_size=128, eps=0.1, attack_steps=3, attack_step_size=0.05, augment=False, flip=False)
@@ -151,9 +157,9 @@ DIGITS_28 = {"image_size": 28, "pad": 4}  # sklearn digits upscaled to a 20x20 d
 def _archs(w: int) -> tuple[ArchSpec, ...]:
     """SmallCNN (n = 7), a VGG-style net (n = 7) and a ResNet-style net (n = 10), widths scaled by ``w``."""
     return (
-        ArchSpec("smallcnn", "small_cnn", {"widths": [w, w, 2 * w, 2 * w, 4 * w], "hidden": 8 * w}),
-        ArchSpec("vgg", "vgg16", {"cfg": [w, "M", 2 * w, "M", 4 * w, 4 * w, "M"], "hidden": 4 * w}),
-        ArchSpec("resnet", "resnet18", {"stage_sizes": [1, 1, 1], "width": w}),
+        ArchSpec("smallcnn", "small_cnn", {"widths": (w, w, 2 * w, 2 * w, 4 * w), "hidden": 8 * w}),
+        ArchSpec("vgg", "vgg16", {"cfg": (w, "M", 2 * w, "M", 4 * w, 4 * w, "M"), "hidden": 4 * w}),
+        ArchSpec("resnet", "resnet18", {"stage_sizes": (1, 1, 1), "width": w}),
     )
 
 
@@ -180,6 +186,8 @@ SCALES: dict[str, StudyConfig] = {
         datasets=(DataSpec("digits", "digits", {"image_size": 12, "pad": 2}, 600, 200, 256, 1, 1),),
         seeds=(0, 1), pretrain=_train(1),
         alg1=_alg1(permutations=4, max_epochs=1, trials=1, measure_examples=100, gamma_examples=50,
+                   rho_settings={"ksg": {"permutations": 4, "reduce_dim": 4}, "edge": {"permutations": 4},
+                                 "gaussian": {"permutations": 4, "reduce_dim": 4}},  # 10 points per class
                    probe_examples=100, eval_attack_settings={"steps": 2, "step_size": 0.05, "random_start": True},
                    gamma_attack_settings={"steps": 2, "restarts": 1, "loss": "margin"},
                    finetune=_train(1, mode="pgd", attack_steps=1, attack_step_size=0.1)),
@@ -286,23 +294,25 @@ def run_unit(config: StudyConfig, unit: Unit, out: Path, train, test, *, progres
     """Pretrains both networks of ``unit`` and runs Algorithm 1 for every # fb (each step resumes).
 
     Returns the unit's marker record (also written to OUT/units/<unit>.json), with the wall
-    seconds of each stage of this call.
+    and CPU seconds of each stage of this call (stages resumed from disk take little).
     """
     from jsemi.algorithms import algorithm1
     from jsemi.pretrain import pretrain
 
     paths = unit_paths(out, unit, config.fb_values)
-    times: dict[str, float] = {}
+    times: dict[str, float] = {}  # wall seconds per stage of this call
+    cpu: dict[str, float] = {}  # CPU seconds (all threads of this process) per stage
     variables, epochs_run = {}, {}
     model = None
     for kind, epochs in (("normal", unit.data.epochs_normal), ("robust", unit.data.epochs_robust)):
         tcfg = dataclasses.replace(config.pretrain, epochs=epochs, mode="standard" if kind == "normal" else "pgd")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = pretrain(paths[kind], unit.arch.model, train.images, train.labels, test.images, test.labels, tcfg,
                        num_classes=train.num_classes, dataset=unit.data.label, seed=unit.seed,
-                       model_kwargs=dict(unit.arch.model_kwargs), train_subset=unit.data.train_subset,
+                       model_kwargs=hashable_kwargs(unit.arch.model_kwargs), train_subset=unit.data.train_subset,
                        progress=progress, log=log)
         times[f"pretrain_{kind}_s"] = time.perf_counter() - t0
+        cpu[f"pretrain_{kind}_cpu_s"] = time.process_time() - c0
         model, variables[kind] = res.model, res.variables
         epochs_run[kind] = res.history
     ft = _finetune_data(unit.data, train)
@@ -312,16 +322,17 @@ def run_unit(config: StudyConfig, unit: Unit, out: Path, train, test, *, progres
         cfg = dataclasses.replace(config.alg1, num_fb=fb, a=None, seed=unit.seed, net=unit.arch.label,
                                   dataset=unit.data.label,
                                   measure_examples=min(config.alg1.measure_examples, len(test)))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = algorithm1(model, variables["normal"], variables["robust"], ft, ev, cfg, d, progress=progress, log=log)
         initial_rhos(model, variables["normal"], variables["robust"], ft, ev, cfg, d)
         times[f"alg1_fb{fb}_s"] = time.perf_counter() - t0
+        cpu[f"alg1_fb{fb}_cpu_s"] = time.process_time() - c0
         rows.append({"num_fb": fb, "run_dir": str(d), "trials_ran": list(res.ran)})
     rec = {"unit": unit.name, "identity": unit_identity(config, unit), "arch": unit.arch.label,
            "dataset": unit.data.label, "seed": unit.seed, "normal_dir": str(paths["normal"]),
            "robust_dir": str(paths["robust"]), "rows": rows,
            "pretrain_test_acc": {k: (h[-1]["test_acc"] if h else None) for k, h in epochs_run.items()},
-           "seconds": times}
+           "seconds": times, "cpu_seconds": cpu, "load_avg_end": list(os.getloadavg())}
     write_json_atomic(paths["marker"], rec)
     return rec
 
@@ -367,7 +378,12 @@ def run_study(config: StudyConfig, out: str | Path, *, only: Sequence[str] = (),
         rec = run_unit(config, unit, out, train, test, progress=progress, log=log)
         ran.append(unit.name)
         log(f"[study] {unit.name} finished in {time.perf_counter() - t0:.0f} s: "
-            + ", ".join(f"{k} {v:.0f}" for k, v in rec["seconds"].items()))
+            + ", ".join(f"{k} {v:.0f}" for k, v in rec["seconds"].items())
+            + f"; CPU {sum(rec['cpu_seconds'].values()):.0f} s, load {rec['load_avg_end'][0]:.1f}")
+        if report:  # the report always reflects every finished unit, even if the study stops here
+            from jsemi.experiments.study_report import write_study_report
+
+            write_study_report(out, doc=doc, command=command)
     result = {"ran": ran, "skipped": skipped, "seconds": time.perf_counter() - t_study}
     if report:
         from jsemi.experiments.study_report import write_study_report
