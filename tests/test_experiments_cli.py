@@ -82,3 +82,16 @@ def test_download_flag_reaches_load_dataset(monkeypatch):
     assert load_data(configs.CPU, "/data", download=True) == ("train", "test")
     assert [(n, s, kw["download"], kw["data_dir"]) for n, s, kw in seen] == [
         ("fashion_mnist", "train", True, "/data"), ("fashion_mnist", "test", True, "/data")]
+
+
+def test_experiment_json_gives_hashable_model_options(tmp_path):
+    """JSON turns the tuple widths=(8, 16) into a list; loading makes it a tuple again (models are static jit args)."""
+    import dataclasses
+
+    exp = dataclasses.replace(configs.CPU, pretrain=dataclasses.replace(
+        configs.CPU.pretrain, model_kwargs={"widths": (8, 16), "hidden": 32}))
+    back = configs.get_experiment(str(configs.save(exp, tmp_path / "e.json")))
+    assert back == exp and back.pretrain.model_kwargs["widths"] == (8, 16)
+    from jsemi.models import get_model
+
+    hash(get_model(back.pretrain.model, **back.pretrain.model_kwargs))

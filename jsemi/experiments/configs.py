@@ -60,6 +60,9 @@ class PretrainSpec:
         d = dict(d)
         d["normal"] = TrainConfig.from_dict(d["normal"])
         d["robust"] = TrainConfig.from_dict(d["robust"])
+        # JSON has no tuples: model options such as widths come back as lists; a model is a hashable
+        # static argument of the compiled steps, so they become tuples again
+        d["model_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get("model_kwargs", {}).items()}
         return cls(**d)
 
 
