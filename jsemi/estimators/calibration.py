@@ -171,6 +171,7 @@ PAIR_ESTIMATORS: dict[str, Callable] = {
     "edge-paper": lambda x, y, key: edge_mi(x, y, key, draws="paper"),
     "ksg": lambda x, y, key: ksg_mi(x, y),
     "ksg-pca3": _reduced(lambda x, y, key: ksg_mi(x, y), 3),
+    "ksg-pca4": _reduced(lambda x, y, key: ksg_mi(x, y), 4),
     "gauss-plugin": lambda x, y, key: gaussian_mi(x, y, bias_correction=False),
     "gauss": lambda x, y, key: gaussian_mi(x, y),
 }
@@ -340,7 +341,7 @@ TEST_DESIGNS = ("cmi-null", "cmi-iso", "cmi-lowrank")
 #: permutation-test configurations of the full run (edge-paper tests like edge: same draws in the null).
 FULL_TEST_ESTIMATORS = ("edge", "ksg-pca4", "gauss-pca16", "gauss-pca4")
 #: estimators of the bias grid (edge-paper differs from edge only in its fixed draws: see the draws table).
-BIAS_ESTIMATORS = ("edge", "ksg", "ksg-pca3", "gauss-plugin", "gauss")
+BIAS_ESTIMATORS = ("edge", "ksg", "ksg-pca3", "ksg-pca4", "gauss-plugin", "gauss")
 
 
 def main(argv=None) -> dict:
@@ -349,14 +350,14 @@ def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m jsemi.estimators.calibration", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a 4-cell grid, 2 seeds, 10 data sets per test design")
-    p.add_argument("--seeds", type=int, default=None, help="data sets per bias cell (default 2; quick 2)")
+    p.add_argument("--seeds", type=int, default=None, help="data sets per bias cell (default 5; quick 2)")
     p.add_argument("--datasets", type=int, default=None, help="data sets per test design (default 25; quick 10)")
     p.add_argument("--permutations", type=int, default=19, help="permutations of the test table (p <= 0.05)")
     p.add_argument("--part", choices=("all", "bias", "tests", "draws"), default="all")
     p.add_argument("--write", default=None, help="markdown file whose calibration block is replaced")
     p.add_argument("--json", default=None, help="also write every number (and per-data-set values) here")
     a = p.parse_args(argv)
-    seeds = a.seeds or 2
+    seeds = a.seeds or (2 if a.quick else 5)
     datasets = a.datasets or (10 if a.quick else 25)
     t0, c0 = time.time(), time.process_time()
     part = a.part
