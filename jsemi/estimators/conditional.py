@@ -215,6 +215,8 @@ class _Prepared:
         )
         if self.estimator == "ksg":
             s["k"] = self.k
+        if self.estimator == "gaussian":
+            s["bias_correction"] = True
         if self.estimator == "edge":
             s.update(dict(U=10.0, gamma=0.4, L=1, knn_queries=None, eps_range=0.1, shift_scale=0.1, project="joint", draws="fresh"))
             s.update(self.edge_kwargs)

@@ -5,6 +5,10 @@ the paper uses for its rho values.
 called with its final defaults: ``L_ensemble=1``, ``stochastic=True``,
 ``epsilon_vector='range'``, ``normalize_epsilon=False``, ``hashing='p-stable'``), compiled in
 JAX with sort-based collision counting (kernels in :mod:`jsemi.estimators.edge_kernels`).
+Its random draws are fresh from the PRNG key by default (``draws="fresh"``); ``draws="paper"``
+makes the authors' fixed draws (their script re-seeds NumPy with 3334 before its projections
+and bandwidth rows, so only the hash shifts vary), to match their numbers call for call.
+Calibration against known MI: ``docs/calibration.md``.
 
 When it can be trusted (numbers measured with ``tests/test_mi.py``'s data and settings):
 
