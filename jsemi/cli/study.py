@@ -41,7 +41,7 @@ def run_study_cmd(args: argparse.Namespace) -> int:
         for u in config.units():
             print(u.name)
         return 0
-    command = f"python -m jsemi study --scale {args.scale} --out {args.out}"
+    command = f"python -m jsemi study --scale {args.scale} --out {args.out}" + (f" --doc {args.doc}" if args.doc else "")
     if args.report_only:
         path = write_study_report(args.out, doc=args.doc, command=command)
         print(json.dumps({"report": str(path)}))

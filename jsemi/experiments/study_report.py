@@ -382,6 +382,8 @@ def study_markdown(out: Path, units: Sequence[Mapping], results: Sequence[Mappin
         "are small and trained briefly so that the whole study fits a 2-core machine; the `gpu` scale runs the same "
         "design wider, longer and with more seeds and trials.", "",
         "## Verdicts", "",
+        *([] if units else ["**No unit has finished yet**, so no claim has a verdict here: every table below is empty "
+                            "until the study command (above) finishes its first unit; rerun it to resume.", ""]),
         "Per claim and rho estimator: each network's number (the second column says which), its mean with a 95 % "
         "Student-t interval over the independently pretrained networks (m), the share of networks where the per-network "
         "check holds (`jsemi.report.check_claims`, or the number's sign), and the verdict: **holds** when the whole "
