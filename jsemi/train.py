@@ -30,6 +30,7 @@ of [0, 1] images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -124,22 +125,29 @@ def config_from_preset(preset: str, **overrides) -> TrainConfig:
 class TrainState(struct.PyTreeNode):
     """Full variables plus optimizer state; ``trainable`` is the static set of trainable layers.
 
+    ``config``: the ``TrainConfig`` the state was built for and ``steps_per_epoch`` (static;
+    with ``trainable`` they define the optimizer ``tx``, rebuilt on demand, so the static part
+    of a state compares by value and equal settings reuse one compiled step across runs;
+    ``jsemi.training_modes.train_epoch`` runs the epoch loop of ``config.mode``).
     ``carry``: the mode's state carried across epochs outside the jitted step (None for
     most modes; ATTA's per-example perturbations, see ``jsemi.robust_training``); epoch
-    runners keep it up to date and checkpoints save it.  ``config``: the ``TrainConfig``
-    the state was built for (static; ``jsemi.training_modes.train_epoch`` runs the epoch
-    loop of ``config.mode``).
+    runners keep it up to date and checkpoints save it.
     """
 
     step: jnp.ndarray
     params: Any
     batch_stats: Any
     opt_state: Any
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
     trainable: tuple[int, ...] = struct.field(pytree_node=False)
     n_layers: int = struct.field(pytree_node=False)
+    config: TrainConfig = struct.field(pytree_node=False)
+    steps_per_epoch: int = struct.field(pytree_node=False)
     carry: Any = None
-    config: TrainConfig | None = struct.field(pytree_node=False, default=None)
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        """The optimizer: ``make_optimizer`` on the trainable/frozen labels of ``params``."""
+        return make_optimizer(self.config, _optimizer_labels(self.params, self.trainable), self.steps_per_epoch)
 
     @property
     def variables(self) -> dict:
@@ -202,20 +210,24 @@ def create_train_state(
         if not trainable:
             raise ValueError("trainable_layers is empty: nothing would be trained")
         partition.layer_mask(variables, trainable)  # validates the indices
-    labels = partition.mask_by(params, lambda p, _: partition.layer_index(p) in trainable)
-    labels = jax.tree_util.tree_map(lambda t: "train" if t else "frozen", labels)
-    tx = make_optimizer(config, labels, steps_per_epoch)
     params = partition._as_dict(params)
+    tx = make_optimizer(config, _optimizer_labels(params, trainable), steps_per_epoch)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=partition._as_dict(variables.get("batch_stats", {})),
         opt_state=tx.init(params),
-        tx=tx,
         trainable=trainable,
         n_layers=n,
         config=config,
+        steps_per_epoch=int(steps_per_epoch),
     )
+
+
+def _optimizer_labels(params: Any, trainable: tuple[int, ...]) -> Any:
+    """'train' / 'frozen' per leaf of ``params`` (``make_optimizer``'s labels)."""
+    labels = partition.mask_by(params, lambda p, _: partition.layer_index(p) in trainable)
+    return jax.tree_util.tree_map(lambda t: "train" if t else "frozen", labels)
 
 
 def _split_trainable(tree: Any, trainable: tuple[int, ...]) -> tuple[dict, dict]:
@@ -268,51 +280,60 @@ def build_train_step(model: nn.Module, config: TrainConfig, loss_builder: Callab
     metrics are the mean loss (nats) and the accuracy on the inputs actually trained on
     (adversarial ones in adversarial modes).  ``new_extra`` is returned when ``extra`` is
     given (ATTA's perturbations of the batch).  ``state.carry`` passes through untouched.
+    The step is one module-level jitted function with (model, config, loss_builder,
+    self_augmenting) static: equal settings (a resumed run, the next trial, another test)
+    reuse its compiled program from jit's cache.
     Use ``jsemi.training_modes.make_train_step``, which picks the builder of ``config.mode``.
     """
+    return functools.partial(_train_step, model=model, config=config, loss_builder=loss_builder,
+                             self_augmenting=bool(self_augmenting))
 
-    def step(state: TrainState, x, y, key, extra=None):
-        x = to_unit_float(x)
-        k_aug, k_adv = jax.random.split(key)
-        if config.augment and not self_augmenting:
-            from jsemi.data import augment
 
-            x = augment(k_aug, x, flip=config.flip)
-        frozen = state.frozen
-        p_train, p_frozen = _split_trainable(state.params, state.trainable)
-        s_train, s_frozen = _split_trainable(state.batch_stats, state.trainable)
+def _step(state: TrainState, x, y, key, extra=None, *, model: nn.Module, config: TrainConfig,
+          loss_builder: Callable, self_augmenting: bool):
+    """``build_train_step``'s step, un-jitted."""
+    x = to_unit_float(x)
+    k_aug, k_adv = jax.random.split(key)
+    if config.augment and not self_augmenting:
+        from jsemi.data import augment
 
-        def forward(p_tr, xin, train=True):
-            variables = {"params": partition.merge(p_tr, p_frozen)}
-            if state.batch_stats:
-                variables["batch_stats"] = state.batch_stats
-                if train:
-                    logits, upd = model.apply(variables, xin, train=True, frozen=frozen, mutable=["batch_stats"])
-                    return logits, upd["batch_stats"]
-            return model.apply(variables, xin, train=False), state.batch_stats
+        x = augment(k_aug, x, flip=config.flip)
+    frozen = state.frozen
+    p_train, p_frozen = _split_trainable(state.params, state.trainable)
+    s_train, s_frozen = _split_trainable(state.batch_stats, state.trainable)
 
-        eval_vars = state.variables
-        loss_and_aux = loss_builder(model, config, forward, eval_vars, x, y, k_adv, extra)
-        (loss, (logits, new_stats, new_extra)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(p_train)
-        # Frozen leaves get zero gradients; multi_transform maps them to set_to_zero.
-        full_grads = partition.merge(grads, jax.tree_util.tree_map(jnp.zeros_like, p_frozen)) if p_frozen else grads
-        updates, opt_state = state.tx.update(full_grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        np_train, _ = _split_trainable(new_params, state.trainable)
-        params = partition.merge(np_train, p_frozen) if p_frozen else np_train
+    def forward(p_tr, xin, train=True):
+        variables = {"params": partition.merge(p_tr, p_frozen)}
         if state.batch_stats:
-            ns_train, _ = _split_trainable(new_stats, state.trainable)
-            batch_stats = partition.merge(ns_train, s_frozen) if s_frozen else ns_train
-        else:
-            batch_stats = state.batch_stats
-        acc = jnp.mean(jnp.argmax(logits, -1) == y)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-        metrics = {"loss": loss, "acc": acc}
-        if extra is not None:
-            return new_state, metrics, new_extra
-        return new_state, metrics
+            variables["batch_stats"] = state.batch_stats
+            if train:
+                logits, upd = model.apply(variables, xin, train=True, frozen=frozen, mutable=["batch_stats"])
+                return logits, upd["batch_stats"]
+        return model.apply(variables, xin, train=False), state.batch_stats
 
-    return jax.jit(step)
+    eval_vars = state.variables
+    loss_and_aux = loss_builder(model, config, forward, eval_vars, x, y, k_adv, extra)
+    (loss, (logits, new_stats, new_extra)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(p_train)
+    # Frozen leaves get zero gradients; multi_transform maps them to set_to_zero.
+    full_grads = partition.merge(grads, jax.tree_util.tree_map(jnp.zeros_like, p_frozen)) if p_frozen else grads
+    updates, opt_state = state.tx.update(full_grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    np_train, _ = _split_trainable(new_params, state.trainable)
+    params = partition.merge(np_train, p_frozen) if p_frozen else np_train
+    if state.batch_stats:
+        ns_train, _ = _split_trainable(new_stats, state.trainable)
+        batch_stats = partition.merge(ns_train, s_frozen) if s_frozen else ns_train
+    else:
+        batch_stats = state.batch_stats
+    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    metrics = {"loss": loss, "acc": acc}
+    if extra is not None:
+        return new_state, metrics, new_extra
+    return new_state, metrics
+
+
+_train_step = jax.jit(_step, static_argnames=("model", "config", "loss_builder", "self_augmenting"))
 
 
 def standard_loss(model, config, forward, eval_vars, x, y, key, extra):

@@ -115,3 +115,23 @@ def test_evaluate_rejects_bad_inputs(model_and_vars):
         evaluate(model, variables, x, np.zeros(3, np.int32), jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
         evaluate(model, variables, x, np.array([0, 1, 2, 10], np.int32), jax.random.PRNGKey(0))
+
+
+def test_equal_settings_reuse_the_compiled_step(data):
+    """The step is one jitted function with (model, config) static and the optimizer rebuilt from
+    the state's static fields: a second run with equal settings (a resume, the next trial) compiles
+    nothing, and gives the same numbers."""
+    from jsemi import train as T
+
+    tr, _ = data
+    cfg = TrainConfig(mode="standard", optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=1, batch_size=32,
+                      augment=False, flip=False)
+    out = []
+    for run in range(2):
+        model = get_model("small_cnn", widths=(4, 4), hidden=8)  # a new, equal module each run
+        state = create_train_state(init_model(model, jax.random.key(0), (28, 28, 1)), cfg, steps_per_epoch=2)
+        before = T._train_step._cache_size()
+        state, m = make_train_step(model, cfg)(state, tr.images[:32], tr.labels[:32], jax.random.key(1))
+        out.append((T._train_step._cache_size() - before, float(m["loss"])))
+    assert out[0][0] == 1 and out[1][0] == 0, out  # the first run compiles once, the second not at all
+    assert out[0][1] == out[1][1]
