@@ -40,7 +40,7 @@ import pytest
 import test_notebooks as N
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow  # about 4-6 minutes on the 2-core machine (wheel, venv, three kernels)
+pytestmark = pytest.mark.slow  # 9.3 min measured on the 2-core machine under load ~20 (wheel, venv, three kernels)
 
 _NOT_DEPS = ("jsemi", "__editable__", "_jsemi")
 
