@@ -78,7 +78,7 @@ def test_run_dir_with_other_settings_is_refused(tmp_path):
 @pytest.mark.parametrize("argv, msg", [
     (["train", "--model", "resnet7", "--dataset", "synthetic", "--out", "X"], "unknown model"),
     (["train", "--dataset", "imagenet22k", "--out", "X"], "imagenet22k"),
-    (["train", "--dataset", "synthetic", "--eps", "-1", "--out", "X"], "eps must be >= 0"),
+    (["train", "--dataset", "synthetic", "--eps", "-1", "--out", "X"], "argument --eps: must be a finite number >= 0"),
 ])
 def test_cli_errors_name_the_problem(tmp_path, capsys, argv, msg):
     argv = [a if a != "X" else str(tmp_path / "x") for a in argv]
@@ -110,3 +110,18 @@ def test_restore_into_mismatched_model_is_a_clear_error(tmp_path):
         checkpoint.restore(tmp_path, {"v": v2})
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
         checkpoint.restore(tmp_path / "nothing", {"v": v2})
+
+
+@pytest.mark.slow  # two full `jsemi train` processes (~10 s of imports and compilation each)
+def test_two_train_processes_started_together_cannot_both_write(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jsemi", "train", *COMMON, "--epochs", "2", "--out", str(run)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    winner = next(p for p in procs if p.returncode == 0)
+    loser_err = next(o[1] for p, o in zip(procs, outs) if p.returncode == 2)
+    assert f"is in use by another jsemi process (PID {winner.pid}" in loser_err
+    assert "Traceback" not in loser_err
+    assert [r["epoch"] for r in _history(run)] == [1, 2]

@@ -1,9 +1,11 @@
-"""Shared pieces of the subcommands: data arguments, loading a split, writing results."""
+"""Shared pieces of the subcommands: argument types, data arguments, loading a split and a
+run (checked against each other), writing results."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +13,80 @@ import numpy as np
 EXIT_USAGE = 2
 
 
+# ----------------------------------------------------------------------------- argument types
+# argparse turns their ValueError into "argument --x: invalid positive_int value" with exit 2;
+# ArgumentTypeError keeps our message instead.
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (batch sizes, steps, epochs, trials)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an int >= 0 (subset sizes where 0 means all, seeds)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite float >= 0 (learning rates, weight decay)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def budget(text: str) -> float:
+    """argparse type: a finite float >= 0 (eps, step sizes, in pixel units of [0, 1] images)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (pixel units of [0, 1] images), got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (pixel units of [0, 1] images), got {text}")
+    return v
+
+
+def warn_eps(eps: float, norm: str, image_shape=None) -> None:
+    """Warns on stderr (via ``jsemi.validation.warn_large_eps``) when --eps looks like 0-255 units."""
+    from jsemi.validation import warn_large_eps
+
+    dim = int(np.prod(image_shape)) if image_shape is not None else None
+    warn_large_eps(eps, norm, dim, name="--eps")
+
+
+def check_json_target(path) -> None:
+    """Checks before any work that ``--json PATH`` can be written (not a directory, its folder writable)."""
+    from jsemi.runs import check_output_location
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--json {p} is a directory; give a file path")
+    check_output_location(p.parent if str(p.parent) else Path("."), what="folder of --json")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist, mnist, cifar10, cifar100, tiny_imagenet, digits, synthetic")
     p.add_argument("--data-dir", default=None, help="directory with local dataset files (overrides the default locations)")
-    p.add_argument("--train-subset", type=int, default=None, help="use this many training images (deterministic subset)")
-    p.add_argument("--test-subset", type=int, default=None, help="use this many test images (deterministic subset)")
+    p.add_argument("--train-subset", type=positive_int, default=None, help="use this many training images (deterministic subset)")
+    p.add_argument("--test-subset", type=positive_int, default=None, help="use this many test images (deterministic subset)")
 
 
 def load_split(name: str, split: str, data_dir: str | None, subset: int | None, seed: int = 0):
@@ -31,11 +102,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory for the JSON and Markdown results")
     p.add_argument("--dataset", default=None, help="defaults to the run's dataset")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--test-subset", type=int, default=1000, help="test images used (stratified, deterministic; 0 or more than the split = all)")
+    p.add_argument("--test-subset", type=nonneg_int, default=1000, help="test images used (stratified, deterministic; 0 or more than the split = all)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2"))
-    p.add_argument("--eps", type=float, default=None, help="attack budget in pixel units (default: the run's training eps)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eps", type=budget, default=None, help="attack budget in pixel units (default: the run's training eps)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--seed", type=nonneg_int, default=0)
 
 
 def load_images(dataset: str, split: str, data_dir, subset: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,20 +123,34 @@ def load_images(dataset: str, split: str, data_dir, subset: int | None, seed: in
     return x, labels
 
 
+def check_run_data(meta: dict, images: np.ndarray, dataset: str, run) -> None:
+    """Names a run / dataset mismatch ("the run R expects 8x8x1 input, but fashion_mnist images
+    are 28x28x1") before any model is applied."""
+    from jsemi.validation import check_input_shape
+
+    want = meta.get("input_shape")
+    if want:
+        check_input_shape(images.shape, want, what=f"the run {run}", data=dataset)
+
+
 def load_run(args):
     """(model, variables, meta, x, y, threat, info, key) of ``--run`` on its test split."""
     import jax
 
     from jsemi.attacks import make_threat
     from jsemi.pretrain import load_trained
+    from jsemi.runs import check_output_location
 
+    check_output_location(args.out, what="--out")  # before any work
     model, variables, meta = load_trained(args.run)
     sig = meta.get("signature", {})
     dataset = args.dataset or sig.get("dataset")
     if not dataset:
         raise ValueError(f"{args.run}: the run records no dataset; pass --dataset")
     x, y = load_images(dataset, "test", args.data_dir, args.test_subset, args.seed)
+    check_run_data(meta, x, dataset, args.run)
     eps = args.eps if args.eps is not None else float(sig.get("config", {}).get("eps", 8 / 255))
+    warn_eps(eps, args.norm, x.shape[1:])
     threat = make_threat(args.norm, eps)
     info = {"run": str(args.run), "model": sig.get("model"), "dataset": dataset, "num_test": int(len(x)),
             "threat": {"norm": args.norm, "eps": eps}, "seed": args.seed}
@@ -73,12 +158,15 @@ def load_run(args):
 
 
 def write_outputs(out: Path, stem: str, obj: dict, markdown: str) -> dict:
+    """Writes ``out/stem.json`` and ``out/stem.md`` atomically (``jsemi.runs.write_text_atomic``), and
+    each table of the JSON as ``out/stem_<key>.csv`` (``jsemi.csv_tables.write_json_tables``)."""
+    from jsemi.csv_tables import write_json_tables
     from jsemi.estimators.bounds import jsonable
+    from jsemi.runs import write_text_atomic
 
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
-    for kind, text in (("json", json.dumps(jsonable(obj), indent=2, allow_nan=False)), ("markdown", markdown)):
-        tmp = paths[kind].with_name(paths[kind].name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(paths[kind])
+    doc = jsonable(obj)
+    write_text_atomic(paths["json"], json.dumps(doc, indent=2, allow_nan=False))
+    write_text_atomic(paths["markdown"], markdown)
+    paths.update({f"csv_{name}": p for name, p in write_json_tables(out, stem, doc).items()})
     return {k: str(v) for k, v in paths.items()}

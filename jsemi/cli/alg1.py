@@ -18,6 +18,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from jsemi.cli._common import budget, nonneg_float, nonneg_int, positive_int
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``alg1`` subcommand to ``subparsers`` ."""
@@ -28,29 +30,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (one run directory per # fb); rerun to resume")
     p.add_argument("--config", default=None, help="Alg1Config JSON, experiment JSON or experiment name "
                                                    "(jsemi reproduce --list); flags override it")
-    p.add_argument("--num-fb", type=int, nargs="+", default=None, help="# fb values, one table row each")
-    p.add_argument("--a", type=int, nargs="+", default=None, help="split points instead of --num-fb")
-    p.add_argument("--k", type=float, default=None, help="stop at Acc* - k (accuracy points); default 0")
-    p.add_argument("--epochs", type=int, default=None, help="E, the maximum fine-tuning epochs (default 10)")
-    p.add_argument("--trials", type=int, default=None, help="trials per row (default 10)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--vmap", type=int, default=None, help="train this many trials at once (jax.vmap); default 1")
+    p.add_argument("--num-fb", type=positive_int, nargs="+", default=None, help="# fb values, one table row each")
+    p.add_argument("--a", type=positive_int, nargs="+", default=None, help="split points instead of --num-fb")
+    p.add_argument("--k", type=nonneg_float, default=None, help="stop at Acc* - k (accuracy points); default 0")
+    p.add_argument("--epochs", type=positive_int, default=None, help="E, the maximum fine-tuning epochs (default 10)")
+    p.add_argument("--trials", type=positive_int, default=None, help="trials per row (default 10)")
+    p.add_argument("--seed", type=nonneg_int, default=None)
+    p.add_argument("--vmap", type=positive_int, default=None, help="train this many trials at once (jax.vmap); default 1")
     p.add_argument("--dataset", default=None, help="default: the normal run's dataset")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--train-subset", type=int, default=None, help="fine-tuning images (stratified subset)")
-    p.add_argument("--test-subset", type=int, default=None, help="test images for every attacked accuracy")
+    p.add_argument("--train-subset", type=positive_int, default=None, help="fine-tuning images (stratified subset)")
+    p.add_argument("--test-subset", type=positive_int, default=None, help="test images for every attacked accuracy")
     p.add_argument("--attack", default=None, help="evaluation attack: none, fgsm, pgd, autoattack, ... (default pgd)")
-    p.add_argument("--attack-steps", type=int, default=None)
-    p.add_argument("--attack-step-size", type=float, default=None)
+    p.add_argument("--attack-steps", type=positive_int, default=None)
+    p.add_argument("--attack-step-size", type=budget, default=None)
     p.add_argument("--norm", default=None, help="linf or l2")
-    p.add_argument("--eps", type=float, default=None, help="budget in pixel units (default: the robust run's)")
+    p.add_argument("--eps", type=budget, default=None, help="budget in pixel units (default: the robust run's)")
     p.add_argument("--preset", default=None, help="fine-tuning TrainConfig preset: cpu or paper "
                                                    "(default: the robust run's training config)")
-    p.add_argument("--ft-lr", type=float, default=None)
-    p.add_argument("--ft-batch-size", type=int, default=None)
-    p.add_argument("--ft-attack-steps", type=int, default=None)
+    p.add_argument("--ft-lr", type=nonneg_float, default=None)
+    p.add_argument("--ft-batch-size", type=positive_int, default=None)
+    p.add_argument("--ft-attack-steps", type=positive_int, default=None)
     p.add_argument("--rho-estimators", default=None, help="comma-separated, first is the tables' (default ksg,edge)")
-    p.add_argument("--measure-examples", type=int, default=None)
+    p.add_argument("--measure-examples", type=positive_int, default=None)
     p.add_argument("--no-measure", action="store_true", help="skip rho / gamma / sensitivities")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_alg1)
@@ -127,9 +129,14 @@ def run_alg1(args: argparse.Namespace) -> int:
     from jsemi.pretrain import load_trained
     from jsemi.report import alg1_report, load_rows
 
+    from jsemi.cli._common import check_run_data, warn_eps
+    from jsemi.runs import check_output_location, lock_run_dir
+
     if (args.num_fb is None) == (args.a is None):
         if args.config is None:
             raise ValueError("give --num-fb (or --a) with one or more values")
+    check_output_location(args.out, what="--out")  # before any work; one writer at a time:
+    lock = lock_run_dir(args.out)  # noqa: F841 - held until this command returns (each row's RunDir locks too)
     model, normal, n_meta = load_trained(args.normal)
     model_r, robust, r_meta = load_trained(args.robust)
     if n_meta["signature"]["model"] != r_meta["signature"]["model"] or \
@@ -140,6 +147,10 @@ def run_alg1(args: argparse.Namespace) -> int:
     # data subsets are fixed (seed 0) so runs with other --seed values see the same images
     train = load_dataset(dataset, "train", data_dir=args.data_dir, subset=args.train_subset, seed=0)
     test = load_dataset(dataset, "test", data_dir=args.data_dir, subset=args.test_subset, seed=0)
+    for run, meta in ((args.normal, n_meta), (args.robust, r_meta)):
+        check_run_data(meta, test.images, dataset, run)
+    if args.eps is not None:
+        warn_eps(args.eps, args.norm or "linf", test.images.shape[1:])
     if args.num_fb is not None:
         splits = [{"num_fb": f, "a": None} for f in args.num_fb]
     elif args.a is not None:

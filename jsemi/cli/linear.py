@@ -10,20 +10,20 @@ import json
 import time
 from pathlib import Path
 
-from jsemi.cli._common import add_run_args, load_run, write_outputs
+from jsemi.cli._common import add_run_args, load_run, nonneg_float, nonneg_int, positive_int, write_outputs
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Registers ``jsemi linear``: Algorithm S1 for several fa* sizes and attacks."""
     p = subparsers.add_parser("linear", help="Algorithm S1: linear dependency of a frozen network's logits on fa*")
     add_run_args(p)
-    p.add_argument("--split", type=int, action="append", default=None,
+    p.add_argument("--split", type=positive_int, action="append", default=None,
                    help="fa* size a (repeat); default: n-2 and the paper's n-4, n-8, n-12 that exist")
     p.add_argument("--attacks", default="none,fgsm,pgd,autoattack", help="comma-separated: none and registry names")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps")
-    p.add_argument("--lambda-batch-size", type=int, default=256, help="batch size of the per-batch pinv (paper's protocol)")
-    p.add_argument("--ridge", type=float, default=1e-6, help="relative ridge of the exact global solution")
-    p.add_argument("--random-trials", type=int, default=10)
+    p.add_argument("--steps", type=positive_int, default=10, help="PGD steps")
+    p.add_argument("--lambda-batch-size", type=positive_int, default=256, help="batch size of the per-batch pinv (paper's protocol)")
+    p.add_argument("--ridge", type=nonneg_float, default=1e-6, help="relative ridge of the exact global solution")
+    p.add_argument("--random-trials", type=nonneg_int, default=10)
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of examples kept out of the fit (also reported)")
     p.set_defaults(func=run_linear)
     return p

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from jsemi.cli._common import add_data_args, load_split
+from jsemi.cli._common import add_data_args, budget, load_split, nonneg_float, nonneg_int, positive_int, warn_eps
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -18,18 +18,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mode", default=None, help="standard, pgd, trades, atta, atta_trades")
     p.add_argument("--preset", default="cpu", help="hyperparameter preset: cpu or paper")
     p.add_argument("--optimizer", default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--eps", type=float, default=None, help="L-inf training budget in pixel units")
-    p.add_argument("--attack-steps", type=int, default=None)
-    p.add_argument("--attack-step-size", type=float, default=None)
+    p.add_argument("--lr", type=nonneg_float, default=None)
+    p.add_argument("--weight-decay", type=nonneg_float, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="total epochs; rerunning a run with a larger value extends it")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--eps", type=budget, default=None, help="L-inf training budget in pixel units of [0, 1] images")
+    p.add_argument("--attack-steps", type=positive_int, default=None)
+    p.add_argument("--attack-step-size", type=budget, default=None)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--dtype", default="float32", help="compute dtype: float32, bfloat16 or auto (bf16 on TPU/GPU); params stay float32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--out", required=True, help="run directory (checkpoints, history.json); rerun to resume")
-    p.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--stop-after-epochs", type=nonneg_int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         attack_step_size=args.attack_step_size, weight_decay=args.weight_decay,
         augment=(False if args.no_augment else None),
     )
+    if config.mode != "standard":
+        warn_eps(config.eps, config.attack_norm)
     train = load_split(args.dataset, "train", args.data_dir, args.train_subset, args.seed)
     test = load_split(args.dataset, "test", args.data_dir, args.test_subset, args.seed)
     model_kwargs = {}

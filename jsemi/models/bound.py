@@ -11,6 +11,7 @@ carries its weights as compile-time constants: jit keys it by identity, so every
 (new weights, or the same weights in a new lambda) compiles again.
 
     f = bind(model, variables)          # x (B, H, W, C) float32 in [0, 1] -> logits (B, K)
+                                        # (uint8 / [0, 255] images raise with the fix)
     f_j = bind(model, variables, layer=3)   # x -> output of weight layer 3 (1-based)
 """
 
@@ -40,6 +41,13 @@ class BoundModel(struct.PyTreeNode):
     layer: int | None = struct.field(pytree_node=False, default=None)
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """x (B, H, W, C) float in [0, 1] -> logits (B, K) (or weight layer ``layer``'s output).
+
+        uint8 or integer images are refused always (a static check, traceable); with concrete
+        arrays (not tracers) values outside [0, 1], e.g. [0, 255] pixels, are refused too."""
+        from jsemi.validation import check_model_input
+
+        check_model_input(x, "x")
         if self.layer is None:
             return self.model.apply(self.variables, x, train=False)
         from jsemi.models import layer_outputs
