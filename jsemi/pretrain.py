@@ -17,6 +17,7 @@ per run directory; a second one fails at once naming the holder's PID).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -83,7 +84,9 @@ def load_trained(run_dir: str | os.PathLike) -> tuple[Any, dict, dict]:
     sig = meta.get("signature")
     if not sig:
         raise checkpoint.CheckpointError(f"{ckpt_dir} has no run signature in its metadata")
-    model = get_model(sig["model"], num_classes=meta["num_classes"], **sig["model_kwargs"])
+    # JSON has no tuples: options such as widths come back as lists; a model is a hashable static jit argument
+    model_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in sig["model_kwargs"].items()}
+    model = get_model(sig["model"], num_classes=meta["num_classes"], **model_kwargs)
     config = TrainConfig.from_dict(sig["config"])
     input_shape = tuple(meta["input_shape"])
 
@@ -145,7 +148,9 @@ def pretrain(
     signature = run_signature(model_name, model_kwargs, dataset, config, seed, train_subset)
     # before any work (even compiling the model): the output location, the lock, the settings
     check_output_location(run_dir, what="run directory")
-    with lock_run_dir(run_dir):
+    # one writer per run directory; on a multi-process (multi-host) run, process 0 holds it for all
+    lock = lock_run_dir(run_dir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
         if checkpoint.latest_step(ckpt_dir) is not None:
             check_resumable(run_dir, checkpoint.restore_meta(ckpt_dir).get("signature"), signature)
         variables = init_model(model, jax.random.fold_in(key, 0), input_shape)
