@@ -122,7 +122,7 @@ class Alg1Config:
     measure_examples: int = 1000
     gamma_examples: int | None = None
     probe_examples: int = 1000
-    rho_estimators: tuple[str, ...] = ("ksg", "edge")
+    rho_estimators: tuple[str, ...] = ("gaussian", "ksg", "edge")  # primary first: docs/calibration.md
     rho_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     gamma_attack: str = "pgd"
     gamma_attack_settings: Mapping[str, Any] = dataclasses.field(
