@@ -53,5 +53,15 @@ bench: $(BENCH_STAMP) fashion-mnist
 	$(PY) benchmarks/bench_sharding.py
 	@echo "GPU: PYTHONPATH=. python3 benchmarks/bench_gpu_train.py on a GPU machine (see benchmarks/RESULTS.md)"
 
+# Fidelity of jsemi's attacks against the original AutoAttack, run beside it on the same weights
+# and points (benchmarks/bench_fidelity.py). The original is never vendored: AUTOATTACK_PATH is the
+# folder of a checkout of github.com/fra31/auto-attack (the one holding autoattack/autoattack.py), e.g.
+#   git clone https://github.com/fra31/auto-attack /tmp/auto-attack
+#   make bench-fidelity AUTOATTACK_PATH=/tmp/auto-attack FIDELITY_FLAGS="--only apgd-ce,square --seeds 0,1"
+.PHONY: bench-fidelity
+bench-fidelity: $(BENCH_STAMP) fashion-mnist
+	@test -f "$(AUTOATTACK_PATH)/autoattack/autoattack.py" || { echo "bench-fidelity: set AUTOATTACK_PATH to a checkout of github.com/fra31/auto-attack (got '$(AUTOATTACK_PATH)')" >&2; exit 2; }
+	$(PY) benchmarks/bench_fidelity.py --autoattack-path $(AUTOATTACK_PATH) $(FIDELITY_FLAGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -9,7 +9,8 @@ Semantics follow the paper and the authors' reference implementation (re-written
   max(k - 0.03 n_iter, 0.06 n_iter) iterations; at a checkpoint the step size of an example
   is halved (and its iterate reset to its best point) when (1) the loss increased in at most
   rho = 75% of the steps since the last checkpoint, or (2) the step size was not reduced at
-  the last checkpoint and the best loss did not improve since;
+  the last checkpoint and the best loss did not improve since (at the first checkpoint only
+  (1) applies: the reference's ``reduced_last_check`` starts at 1);
 - the result per example is the last misclassified iterate if any (success), else the point
   of highest loss.
 - APGD-T uses the targeted DLR loss with the target = the t-th most likely class on the
@@ -98,7 +99,7 @@ def _apgd_spec(logits_fn, n_iter, loss, rho):
             yt=yt, xa=xa, xold=xa, g=g, x_best=xa, g_best=g, loss_best=lv, x_best_adv=xa, acc=acc,
             step=jnp.full((b,), 2.0, x.dtype) * jnp.asarray(th.eps, x.dtype),
             loss_steps=jnp.zeros((n_iter, b), jnp.float32), loss_best_last=lv,
-            reduced_last=jnp.zeros((b,), bool),
+            reduced_last=jnp.ones((b,), bool),
         )
 
     def step(ctx, i, s):

@@ -12,7 +12,8 @@ trace every attack runs on the whole batch and the results are masked.
 
 Versions (L-inf and L2):
 - "standard": APGD-CE (100 iterations), APGD-T (100 iterations, min(9, K-1) targets),
-  FAB-T (100 iterations, min(9, K-1) targets), Square (5,000 queries; L-inf only: jsemi
+  FAB-T (100 iterations, min(9, K-1) targets), Square (5,000 queries, p-schedule not
+  rescaled to the budget, as the reference's ``resc_schedule=False``; L-inf only: jsemi
   has no L2 Square, so the L2 composition runs the first three).
 - "rand": APGD-CE and APGD-DLR.  The reference averages gradients over 20 draws (EOT) for
   randomised defences; jsemi's ``logits_fn`` is deterministic (no key), for which EOT
@@ -71,7 +72,8 @@ def _make(name, n_iter, n_targets, n_queries):
     if name == "fab-t":
         return lambda f, x, y, k, th: fab_t(f, x, y, k, th, n_iter=n_iter, n_targets=n_targets)
     if name == "square":
-        return lambda f, x, y, k, th: square(f, x, y, k, th, n_queries=n_queries)
+        # the reference's composition builds SquareAttack with resc_schedule=False
+        return lambda f, x, y, k, th: square(f, x, y, k, th, n_queries=n_queries, rescale_schedule=False)
     if name == "pgd":
         return lambda f, x, y, k, th: pgd(f, x, y, k, th, steps=n_iter)
     if name == "fgsm":

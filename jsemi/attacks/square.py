@@ -2,11 +2,14 @@
 
 Semantics as in AutoAttack's version: margin loss, start at vertical stripes of +-eps,
 each query proposes a random square of side s (set by the fraction p of pixels, p_init =
-0.8 halved on the schedule 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10,000,
-rescaled to n_queries) filled with +-2 eps per channel, projected back onto the ball and the
-box, and kept when the margin decreases; an example stops once misclassified.  Squares are
-drawn independently per example.  The loop is a ``lax.while_loop`` that ends when every
-example is misclassified or the query budget is spent.
+0.8 halved after queries 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000) filled with +-2 eps
+per channel, projected back onto the ball and the box, and kept when the margin decreases;
+an example stops once misclassified.  Squares are drawn independently per example.
+``rescale_schedule=False`` (default, as the reference's "standard" AutoAttack,
+``resc_schedule=False``) uses those query counts as they are, so with 5,000 queries p ends
+at p_init / 128; ``True`` (the reference SquareAttack's own default) stretches the schedule
+to the budget: query i counts as floor(i * 10,000 / n_queries).  The loop is a
+``lax.while_loop`` that ends when every example is misclassified or the query budget is spent.
 """
 
 from __future__ import annotations
@@ -20,19 +23,28 @@ from jsemi.attacks import losses as L
 from jsemi.attacks._common import check_setting_positive_int, dispatch, fn_jit, select, validate
 from jsemi.attacks.threat import LinfBall
 
-__all__ = ["square", "p_selection"]
+__all__ = ["square", "p_selection", "p_thresholds"]
 
 _BOUNDS = np.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
 
 
-def p_selection(it, n_queries: int, p_init: float):
-    """Fraction of pixels changed at query ``it`` (traceable)."""
-    it = (it * 10000) // n_queries  # rescaled schedule (AutoAttack's rescale_schedule)
-    j = jnp.sum(it > jnp.asarray(_BOUNDS))
+def p_thresholds(n_queries: int, rescale_schedule: bool = False) -> np.ndarray:
+    """First query index (0-based) of each halving of p: ``_BOUNDS + 1`` as they are, or
+    rescaled, the least i with floor(i * 10,000 / n_queries) > bound, i.e.
+    ceil((bound + 1) * n_queries / 10,000), in exact integer arithmetic (no int32 overflow)."""
+    if not rescale_schedule:
+        return _BOUNDS + 1
+    return np.array([-(-(int(b) + 1) * int(n_queries) // 10000) for b in _BOUNDS])
+
+
+def p_selection(it, n_queries: int, p_init: float, rescale_schedule: bool = False):
+    """Fraction of pixels changed at query ``it`` (0-based, traceable): p_init / 2**j with j
+    the number of thresholds (:func:`p_thresholds`) that ``it`` has reached."""
+    j = jnp.sum(it >= jnp.asarray(p_thresholds(n_queries, rescale_schedule)))
     return p_init / (2.0 ** j)
 
 
-def _square_impl(logits_fn, x, y, key, threat, *, n_queries, p_init):
+def _square_impl(logits_fn, x, y, key, threat, *, n_queries, p_init, rescale_schedule):
     if not isinstance(threat, LinfBall):
         raise NotImplementedError("square is implemented for LinfBall threats only")
     b, h, w, c = x.shape
@@ -51,7 +63,7 @@ def _square_impl(logits_fn, x, y, key, threat, *, n_queries, p_init):
     def body(s):
         i, xb, m, k = s
         k, k1, k2, k3 = jax.random.split(k, 4)
-        p = p_selection(i, n_queries, p_init)
+        p = p_selection(i, n_queries, p_init, rescale_schedule)
         side = jnp.clip(jnp.round(jnp.sqrt(p * n_feat / c)).astype(jnp.int32), 1, hw_max)
         vh = jax.random.randint(k1, (b,), 0, h - side + 1)
         vw = jax.random.randint(k2, (b,), 0, w - side + 1)
@@ -75,14 +87,18 @@ def _square_impl(logits_fn, x, y, key, threat, *, n_queries, p_init):
 _square_compiled = fn_jit(_square_impl)
 
 
-def square(logits_fn, x, y, key, threat, *, n_queries=5000, p_init=0.8):
+def square(logits_fn, x, y, key, threat, *, n_queries=5000, p_init=0.8, rescale_schedule=False):
     """Square Attack, L-inf.  ``n_queries`` model evaluations at most per example (5,000 in
-    AutoAttack "standard").  Returns the point of lowest margin found (misclassified where
-    the attack succeeded)."""
+    AutoAttack "standard").  ``rescale_schedule``: stretch the p-schedule to ``n_queries``
+    (see the module doc; False as in AutoAttack "standard").  Returns the point of lowest
+    margin found (misclassified where the attack succeeded)."""
     validate(logits_fn, x, y, key, threat)
     if not isinstance(threat, LinfBall):
         raise NotImplementedError("square is implemented for LinfBall threats only; use L-inf or drop it from the composition")
     check_setting_positive_int(n_queries, "n_queries")
     if not 0 < p_init <= 1:
         raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-    return dispatch(_square_compiled, logits_fn, x, y, key, threat, n_queries=int(n_queries), p_init=float(p_init))
+    if not isinstance(rescale_schedule, (bool, np.bool_)):
+        raise TypeError(f"rescale_schedule must be a bool, got {rescale_schedule!r}")
+    return dispatch(_square_compiled, logits_fn, x, y, key, threat, n_queries=int(n_queries), p_init=float(p_init),
+                    rescale_schedule=bool(rescale_schedule))
