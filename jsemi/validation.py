@@ -98,7 +98,7 @@ def check_key(key, name: str = "key") -> None:
     if key is None:
         raise TypeError(f"an explicit jax PRNG key is required for {name} (jax.random.key(seed)); "
                         "jsemi never seeds from the clock")
-    if isinstance(key, (bool, np.bool_)) or isinstance(key, (int, np.integer)):
+    if isinstance(key, (bool, np.bool_, int, np.integer)):
         raise TypeError(f"{name} must be a jax PRNG key, not the int {key!r}: pass jax.random.key({key!r})")
     if _is_tracer(key):
         return
@@ -144,7 +144,7 @@ def check_input_shape(image_shape, expected, *, what: str = "the model", data: s
     got = tuple(int(s) for s in tuple(image_shape)[-3:])
     want = tuple(int(s) for s in expected)
     if got != want:
-        fmt = lambda s: "x".join(str(v) for v in s)  # noqa: E731
+        fmt = lambda s: "x".join(str(v) for v in s)
         raise ValueError(f"{what} expects {fmt(want)} input, but {data} images are {fmt(got)}; "
                          f"use the dataset {what} was trained on")
 

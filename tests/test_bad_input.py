@@ -7,7 +7,6 @@ on the 8x8 digits keep the whole file near 40 CPU-seconds.
 
 import dataclasses
 import errno
-import json
 import os
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from jsemi import checkpoint
 from jsemi.attacks import ATTACK_NAMES, L2Ball, LinfBall, get_attack, pgd
 from jsemi.cli import main
 from jsemi.data import load_dataset
-from jsemi.models import bind, get_model, init_model
+from jsemi.models import bind
 from jsemi.pretrain import RunMismatchError, load_trained, pretrain
 from jsemi.runs import (ConfigMismatchError, RunDir, RunLockedError, check_output_location, lock_run_dir,
                         write_json_atomic)

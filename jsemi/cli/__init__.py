@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jsemi {args.cmd}: interrupted; finished work is saved, rerun the same command to resume",
                   file=sys.stderr)
             return 130
-        except Exception as e:  # noqa: BLE001 - every error becomes a short message unless --debug
+        except Exception as e:  # every error becomes a short message unless --debug
             if debug:
                 raise
             code, msg = describe_error(e)
