@@ -4,10 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
+DOCS_STAMP := $(VENV)/.installed-docs
 FMNIST := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: all install demo test test-slow test-all bench fashion-mnist clean
+.PHONY: all install demo test test-slow test-all bench fashion-mnist clean docs-api
 
 all: test
 
@@ -52,6 +53,18 @@ bench: $(BENCH_STAMP) fashion-mnist
 	$(PY) benchmarks/bench_edge.py
 	$(PY) benchmarks/bench_sharding.py
 	@echo "GPU: PYTHONPATH=. python3 benchmarks/bench_gpu_train.py on a GPU machine (see benchmarks/RESULTS.md)"
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+# API reference from the docstrings (pdoc) into docs/api/ (build output, not committed); any warning fails it.
+docs-api: $(DOCS_STAMP)
+	rm -rf docs/api
+	JAX_PLATFORMS=cpu $(PY) -m pdoc jsemi -o docs/api > $(VENV)/pdoc.log 2>&1 || { cat $(VENV)/pdoc.log; exit 1; }
+	@cat $(VENV)/pdoc.log
+	@if grep -qi warn $(VENV)/pdoc.log; then echo "docs-api: pdoc warned (above): fix those docstrings" >&2; exit 1; fi
+	@echo "API reference: docs/api/index.html"
 
 # Fidelity of jsemi's attacks against the original AutoAttack, run beside it on the same weights
 # and points (benchmarks/bench_fidelity.py). The original is never vendored: AUTOATTACK_PATH is the
