@@ -8,6 +8,7 @@ in a variables tree.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -40,13 +41,18 @@ def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     return MODELS[name](num_classes=num_classes, **kwargs)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "input_shape"))
+def _init(key: jax.Array, *, model: nn.Module, input_shape: tuple[int, int, int]):
+    # jit: un-jitted init compiles every random initialiser separately (seconds on CPU); the
+    # module and shape are static, so each architecture compiles its initialiser once.
+    return model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+
 def init_model(model: nn.Module, key: jax.Array, input_shape: tuple[int, int, int]) -> dict:
     """Initialises ``model`` for inputs of shape (H, W, C); returns {'params', 'batch_stats'?}."""
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape}")
-    # jit: un-jitted init compiles every random initialiser separately (seconds on CPU).
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *input_shape), jnp.float32), train=False))(key)
-    variables = dict(variables)
+    variables = dict(_init(key, model=model, input_shape=tuple(int(d) for d in input_shape)))
     variables.pop("intermediates", None)
     return variables
 
