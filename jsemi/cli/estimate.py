@@ -14,7 +14,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
 from jsemi.cli._common import add_run_args, load_images, load_run, nonneg_float, nonneg_int, positive_int, write_outputs
 
@@ -48,7 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run_estimate(args: argparse.Namespace) -> int:
     """gamma_j (probes + attack), x_adv on the full network, rho_j with nulls, sensitivities, bounds."""
     from jsemi.estimators.measure import measure_network
-    from jsemi.estimators.semirobust import logits_in_batches, network_info
+    from jsemi.estimators.semirobust import network_info
+    from jsemi.evaluation import evaluate
+    from jsemi.models import bind
 
     model, variables, meta, x, y, threat, info, key = load_run(args)
     n, _ = network_info(model, variables, x)
@@ -79,7 +80,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     gammas, rhos, report = m.gammas, m.rhos[args.estimator], m.report
     report.settings.update(
         estimator_settings=rhos[0].get("settings") if rhos else None, timings=m.timings,
-        network_adv_acc=float(np.mean(np.argmax(logits_in_batches(model, variables, m.x_adv, args.batch_size), -1) == y)))
+        network_adv_acc=evaluate(bind(model, variables), m.x_adv, y, key, batch_size=args.batch_size)["acc"])
     obj = {**report.to_dict(), "gamma_details": gammas, "rho_details": rhos}
     paths = write_outputs(Path(args.out), "estimate", obj, report.to_markdown())
     print(json.dumps({"out": paths, "splits": [{"a": s.a, "gamma_a": s.gamma_a, "theorem2": s.theorem2,

@@ -149,18 +149,6 @@ def map_batches(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int, key
     return [np.concatenate(parts, axis=0) for parts in zip(*outs)]
 
 
-@jax.jit
-def _apply(fn, xb):
-    return fn(xb)
-
-
-def logits_in_batches(model, variables, x, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, K) of the network in eval mode on ``x`` (N, H, W, C), in padded batches
-    (the bound model is a jit argument: one compilation per architecture and batch shape)."""
-    fn = bind(model, variables)
-    return map_batches(lambda xb: _apply(fn, xb), [np.asarray(x)], batch_size)[0]
-
-
 # ----------------------------------------------------------------------------- attacks
 
 
