@@ -8,7 +8,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 FMNIST := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: all install demo test test-slow test-all bench fashion-mnist clean docs-api
+.PHONY: all install demo test test-slow test-all bench bench-gpu fashion-mnist clean docs-api
 
 all: test
 
@@ -33,8 +33,9 @@ fashion-mnist:
 demo: $(STAMP) fashion-mnist
 	$(PY) -m jsemi demo --out runs/demo
 
+# the default suite: under 8 CPU-minutes (benchmarks/RESULTS.md); the 25 slowest tests are listed
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider --durations=25
 
 # the slow suite also checks against the peers (CPU torch, torchattacks, scipy): it installs them
 test-slow: $(BENCH_STAMP)
@@ -53,6 +54,12 @@ bench: $(BENCH_STAMP) fashion-mnist
 	$(PY) benchmarks/bench_edge.py
 	$(PY) benchmarks/bench_sharding.py
 	@echo "GPU: PYTHONPATH=. python3 benchmarks/bench_gpu_train.py on a GPU machine (see benchmarks/RESULTS.md)"
+
+# On a lent GPU: attacks (jsemi vs torchattacks vs the original AutoAttack checkout), Algorithm 1, EDGE.
+# `make bench-gpu BENCH_GPU_FLAGS=--smoke` checks it on a CPU in minutes.
+AUTOATTACK_PATH ?= /work/ext/auto-attack
+bench-gpu: $(BENCH_STAMP)
+	$(PY) benchmarks/bench_gpu.py --autoattack-path $(AUTOATTACK_PATH) --out benchmarks/_out/gpu.json $(BENCH_GPU_FLAGS)
 
 $(DOCS_STAMP): pyproject.toml $(STAMP)
 	$(PY) -m pip install --quiet -e ".[docs]"
