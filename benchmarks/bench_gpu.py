@@ -318,9 +318,10 @@ def markdown(res: dict) -> str:
     lines = [f"GPU benchmark ({res['date']}, {res['device']}; jax {res['versions'].get('jax')}, torch "
              f"{res['versions'].get('torch')}, torchattacks {res['versions'].get('torchattacks')}; "
              f"ResNet-18 width {res['width']}, batch {res['batch']}, {res['n']} images, L-inf eps 8/255"
-             + ("; SMOKE sizes, not a measurement" if res["smoke"] else "") + f"). Command: `{res['command']}`", "",
-             "| dtype | attack | jsemi robust acc / img/s / 1st batch s | torchattacks | original AutoAttack | jsemi / torchattacks | jsemi / original |",
-             "|:---|:---|---:|---:|---:|---:|---:|"]
+             + ("; SMOKE sizes, not a measurement" if res["smoke"] else "") + f"). Command: `{res['command']}`"]
+    if any(" | " in k for k in res.get("attacks", {})):
+        lines += ["", "| dtype | attack | jsemi robust acc / img/s / 1st batch s | torchattacks | original AutoAttack "
+                  "| jsemi / torchattacks | jsemi / original |", "|:---|:---|---:|---:|---:|---:|---:|"]
     for key, row in res.get("attacks", {}).items():
         if " | " not in key:
             continue
