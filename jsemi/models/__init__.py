@@ -38,6 +38,8 @@ def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    # lists (e.g. widths read back from JSON) become tuples: a module is a hashable static jit value
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return MODELS[name](num_classes=num_classes, **kwargs)
 
 
