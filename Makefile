@@ -33,7 +33,7 @@ fashion-mnist:
 demo: $(STAMP) fashion-mnist
 	$(PY) -m jsemi demo --out runs/demo
 
-# the default suite: under 8 CPU-minutes (benchmarks/RESULTS.md); the 25 slowest tests are listed
+# the default suite (CPU time in benchmarks/RESULTS.md, "make test: CPU time"); its 25 slowest tests are listed
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider --durations=25
 

@@ -272,6 +272,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a real SIGKILL'd subprocess re-imports jax and recompiles (~23 CPU-s); resume: test_kill_between_trials_then_resume, atomic records: test_atomic_write_never_leaves_a_partial_file
 def test_sigkill_between_trials_then_resume(tmp_path, data, nets):
     """A real process killed (SIGKILL) after its first trial record appears; the rerun resumes."""
     model, normal, robust = nets
