@@ -30,11 +30,6 @@ import numpy as np
 
 from jsemi.attacks import losses as L
 from jsemi.attacks._common import attack_remaining, fooled_and_margin, is_traced, select, validate
-from jsemi.attacks.apgd import apgd, apgd_t
-from jsemi.attacks.cw import cw_l2
-from jsemi.attacks.fab import fab_t
-from jsemi.attacks.pgd import fgsm, pgd
-from jsemi.attacks.square import square
 from jsemi.attacks.threat import LinfBall
 
 __all__ = ["autoattack", "autoattack_attacks", "autoattack_report", "VERSIONS"]
@@ -62,25 +57,17 @@ def autoattack_attacks(version: str, threat, attacks=None) -> list[str]:
     return names
 
 
-def _make(name, n_iter, n_targets, n_queries):
-    if name == "apgd-ce":
-        return lambda f, x, y, k, th: apgd(f, x, y, k, th, n_iter=n_iter, loss="ce")
-    if name == "apgd-dlr":
-        return lambda f, x, y, k, th: apgd(f, x, y, k, th, n_iter=n_iter, loss="dlr")
-    if name == "apgd-t":
-        return lambda f, x, y, k, th: apgd_t(f, x, y, k, th, n_iter=n_iter, n_targets=n_targets)
-    if name == "fab-t":
-        return lambda f, x, y, k, th: fab_t(f, x, y, k, th, n_iter=n_iter, n_targets=n_targets)
-    if name == "square":
-        # the reference's composition builds SquareAttack with resc_schedule=False
-        return lambda f, x, y, k, th: square(f, x, y, k, th, n_queries=n_queries, rescale_schedule=False)
-    if name == "pgd":
-        return lambda f, x, y, k, th: pgd(f, x, y, k, th, steps=n_iter)
-    if name == "fgsm":
-        return lambda f, x, y, k, th: fgsm(f, x, y, k, th)
-    if name == "cw":
-        return lambda f, x, y, k, th: cw_l2(f, x, y, k, th, steps=n_iter)
-    raise ValueError(name)
+def _component(name, threat, n_iter, n_targets, n_queries):
+    """Composition member ``name`` bound from the attack registry with the shared settings."""
+    from jsemi.attacks.registry import get_attack  # the registry lists autoattack itself
+
+    if name == "square":  # the reference's composition builds SquareAttack with resc_schedule=False
+        kw = {"n_queries": n_queries, "rescale_schedule": False}
+    else:
+        kw = {} if name == "fgsm" else {"steps": n_iter}  # steps = n_iter for APGD / FAB (registry alias)
+    if name in ("apgd-t", "fab-t"):
+        kw["n_targets"] = n_targets
+    return get_attack(name, threat, **kw)
 
 
 def autoattack(logits_fn, x, y, key, threat, *, version="standard", attacks=None, n_iter=100, n_targets=None,
@@ -90,7 +77,7 @@ def autoattack(logits_fn, x, y, key, threat, *, version="standard", attacks=None
     "robust_acc": float, "robust": bool (B,)} (accuracies over this batch)."""
     validate(logits_fn, x, y, key, threat)
     names = autoattack_attacks(version, threat, attacks)
-    fns = [_make(n, n_iter, n_targets, n_queries) for n in names]
+    fns = [_component(n, threat, n_iter, n_targets, n_queries) for n in names]
     if is_traced(logits_fn, x, y, key, threat):
         return _autoattack_traced(logits_fn, x, y, key, threat, names, fns, return_info)
     x = jnp.asarray(x)
@@ -104,7 +91,7 @@ def autoattack(logits_fn, x, y, key, threat, *, version="standard", attacks=None
     m_best = np.asarray(m0).copy()
     after = {}
     for j, (name, fn) in enumerate(zip(names, fns)):
-        attack_remaining(lambda xs, ys, kr: fn(logits_fn, xs, ys, kr, threat), logits_fn, x_np, y_np,
+        attack_remaining(lambda xs, ys, kr: fn(logits_fn, xs, ys, kr), logits_fn, x_np, y_np,
                          jax.random.fold_in(key, j), robust, x_adv, m_best)
         after[name] = float(robust.mean())
     out = jnp.asarray(x_adv)
@@ -122,7 +109,7 @@ def _autoattack_traced(logits_fn, x, y, key, threat, names, fns, return_info):
     after = {}
     clean_acc = jnp.mean(robust)
     for j, (name, fn) in enumerate(zip(names, fns)):
-        xa = fn(logits_fn, x, y, jax.random.fold_in(key, j), threat)
+        xa = fn(logits_fn, x, y, jax.random.fold_in(key, j))
         la = logits_fn(xa)
         fooled = (jnp.argmax(la, 1) != y) & robust
         m = L.margin(la, y)
