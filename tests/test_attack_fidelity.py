@@ -59,16 +59,10 @@ def test_square_p_schedule_values_at_5000_queries():
     assert p_thresholds(10**6, True)[0] == 1100
 
 
-def test_autoattack_square_entry_does_not_rescale(monkeypatch):
-    seen = {}
-
-    def fake_square(f, x, y, k, th, **kw):
-        seen.update(kw)
-        return x
-
-    monkeypatch.setattr(aa_mod, "square", fake_square)
-    aa_mod._make("square", 100, None, 5000)(None, jnp.zeros((1, 2, 2, 1)), jnp.zeros((1,), jnp.int32), None, None)
-    assert seen == {"n_queries": 5000, "rescale_schedule": False}
+def test_autoattack_square_entry_does_not_rescale():
+    bound = aa_mod._component("square", LinfBall(0.1), 100, None, 5000)
+    assert bound.settings["n_queries"] == 5000
+    assert bound.settings["rescale_schedule"] is False
 
 
 def test_square_rejects_a_non_bool_rescale_schedule():
