@@ -70,6 +70,7 @@ import numpy as np
 
 from jsemi import metrics, partition
 from jsemi.attacks.threat import make_threat
+from jsemi.data import unit_float
 from jsemi.runs import RunDir, canonical_json, fingerprint
 from jsemi.train import (
     TrainConfig,
@@ -279,7 +280,7 @@ class AttackedAccuracy:
         from jsemi.evaluation import attacked_inputs
 
         if self.attack is None:
-            return _float_images(np.asarray(images))
+            return unit_float(np.asarray(images))
         return attacked_inputs(self._fn(variables), images, labels, key, self.attack, batch_size=self.batch_size,
                                host=self.host)
 
@@ -317,10 +318,6 @@ def _arrays(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
 
         check_images(x, f"{name} images")
     return x, y.astype(np.int32)
-
-
-def _float_images(x: np.ndarray) -> np.ndarray:
-    return (x.astype(np.float32) / 255.0) if x.dtype == np.uint8 else x.astype(np.float32)
 
 
 def _stratified(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -441,7 +438,7 @@ def _measure_inputs(ctx: _Context, variables: Mapping, key: jax.Array) -> tuple[
     """
     cfg = ctx.config
     idx = _stratified(ctx.test_y, cfg.measure_examples, cfg.seed)
-    x = _float_images(ctx.test_x[idx])
+    x = unit_float(ctx.test_x[idx])
     y = ctx.test_y[idx]
     if ctx.eval_attack is None:
         return x, x, y
@@ -478,7 +475,7 @@ def measure(ctx: _Context, variables: Mapping, key: jax.Array) -> dict:
 
     cfg = ctx.config
     pidx = _stratified(ctx.train_y, cfg.probe_examples, cfg.seed + 1)
-    px, py = _float_images(ctx.train_x[pidx]), ctx.train_y[pidx]
+    px, py = unit_float(ctx.train_x[pidx]), ctx.train_y[pidx]
     x, x_adv, y = _measure_inputs(ctx, variables, jax.random.fold_in(key, 1))
     gx, gy = x, y
     if cfg.gamma_examples is not None and cfg.gamma_examples < y.shape[0]:

@@ -304,6 +304,12 @@ def stratified_indices(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
+def unit_float(images) -> np.ndarray:
+    """Host images as float32 in [0, 1]: uint8 pixels are divided by 255, float images are cast."""
+    images = np.asarray(images)
+    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32, copy=False)
+
+
 @jax.jit
 def to_float(images: jax.Array) -> jax.Array:
     """uint8 pixels -> float32 in [0, 1] (jitted; runs on the device)."""

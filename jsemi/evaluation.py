@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsemi.attacks._common import join_fn, split_fn
+from jsemi.data import unit_float
 from jsemi.validation import check_image_dataset, check_key, check_positive_int, num_classes_of
 
 __all__ = ["evaluate", "evaluate_many", "attacked_inputs", "needs_host", "batch_plan",
@@ -210,11 +211,6 @@ def _prepare(logits_fn, images, labels, key, attack, batch_size, mesh, host):
     return labels, fn, arrays, bs, padded, host, _Placer(mesh)
 
 
-def _host_float(x) -> np.ndarray:
-    x = np.asarray(x)
-    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
-
-
 def _progress(it, total, progress, desc):
     if not progress:
         return it
@@ -255,7 +251,7 @@ def evaluate(logits_fn: Callable, images, labels, key: jax.Array, attack: Callab
         xb, yb = images[idx], labels[idx]
         kb = jax.random.fold_in(key, b)
         if host:
-            x_adv = np.asarray(attack(logits_fn, _host_float(xb), yb, kb), np.float32)
+            x_adv = np.asarray(attack(logits_fn, unit_float(xb), yb, kb), np.float32)
             xs, ys, xas, vs = place.batch(xb, yb, x_adv, valid)
             ok, c = compiled_predict(arrays_p, xs, ys, xas, vs, fn, mesh)
         else:
@@ -325,7 +321,7 @@ def attacked_inputs(logits_fn: Callable, images, labels, key: jax.Array, attack:
         xb, yb = images[idx], labels[idx]
         kb = jax.random.fold_in(key, b)
         if host:
-            out.append(np.asarray(attack(logits_fn, _host_float(xb), yb, kb))[:m])
+            out.append(np.asarray(attack(logits_fn, unit_float(xb), yb, kb))[:m])
         else:
             xs, ys = place.batch(xb, yb)
             out.append(_to_host(compiled_adversarial(arrays_p, xs, ys, place.rep(kb), fn, attack, mesh))[:m])

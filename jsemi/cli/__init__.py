@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jsemi {args.cmd}: interrupted; finished work is saved, rerun the same command to resume",
                   file=sys.stderr)
             return 130
+        except BrokenPipeError:  # e.g. `jsemi reproduce --list | head`: the reader left, nothing is wrong
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 0
         except Exception as e:  # every error becomes a short message unless --debug
             if debug:
                 raise

@@ -87,13 +87,20 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="directory with local dataset files (overrides the default locations)")
     p.add_argument("--train-subset", type=positive_int, default=None, help="use this many training images (deterministic subset)")
     p.add_argument("--test-subset", type=positive_int, default=None, help="use this many test images (deterministic subset)")
+    add_download_arg(p)
 
 
-def load_split(name: str, split: str, data_dir: str | None, subset: int | None, seed: int = 0):
-    """Loads one split through ``jsemi.data`` and returns the Dataset."""
+def add_download_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--download", action="store_true",
+                   help="prepare a TFDS dataset (cifar10, cifar100, mnist, fashion_mnist) with tensorflow-datasets first")
+
+
+def load_split(name: str, split: str, data_dir: str | None, subset: int | None, seed: int = 0,
+               download: bool = False):
+    """Loads one split through ``jsemi.data`` (``download``: prepare a TFDS dataset first) and returns the Dataset."""
     from jsemi.data import load_dataset
 
-    return load_dataset(name, split, data_dir=data_dir, subset=subset, seed=seed)
+    return load_dataset(name, split, data_dir=data_dir, subset=subset, seed=seed, download=download)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -102,6 +109,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory for the JSON and Markdown results")
     p.add_argument("--dataset", default=None, help="defaults to the run's dataset")
     p.add_argument("--data-dir", default=None)
+    add_download_arg(p)
     p.add_argument("--test-subset", type=nonneg_int, default=1000, help="test images used (stratified, deterministic; 0 or more than the split = all)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2"))
     p.add_argument("--eps", type=budget, default=None, help="attack budget in pixel units (default: the run's training eps)")
@@ -109,18 +117,18 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0)
 
 
-def load_images(dataset: str, split: str, data_dir, subset: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def load_images(dataset: str, split: str, data_dir, subset: int | None, seed: int,
+                download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(float32 images in [0, 1], int32 labels) of a split; a stratified subset of ``subset``
     examples (``jsemi.data.stratified_indices``) when it is smaller than the split, else all."""
-    from jsemi.data import stratified_indices
+    from jsemi.data import stratified_indices, unit_float
 
-    ds = load_split(dataset, split, data_dir, None, seed)
+    ds = load_split(dataset, split, data_dir, None, seed, download)
     images, labels = ds.images, np.asarray(ds.labels, np.int32)
     if subset and subset < len(labels):
         keep = np.sort(stratified_indices(labels, subset, seed=seed))
         images, labels = images[keep], labels[keep]
-    x = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
-    return x, labels
+    return unit_float(images), labels
 
 
 def check_run_data(meta: dict, images: np.ndarray, dataset: str, run) -> None:
@@ -147,7 +155,7 @@ def load_run(args):
     dataset = args.dataset or sig.get("dataset")
     if not dataset:
         raise ValueError(f"{args.run}: the run records no dataset; pass --dataset")
-    x, y = load_images(dataset, "test", args.data_dir, args.test_subset, args.seed)
+    x, y = load_images(dataset, "test", args.data_dir, args.test_subset, args.seed, args.download)
     check_run_data(meta, x, dataset, args.run)
     eps = args.eps if args.eps is not None else float(sig.get("config", {}).get("eps", 8 / 255))
     warn_eps(eps, args.norm, x.shape[1:])

@@ -62,7 +62,8 @@ def run_estimate(args: argparse.Namespace) -> int:
             raise ValueError(f"--{opt.replace('_', '-')} must be 'all' or 'needed', got {getattr(args, opt)!r}")
     probe_x = probe_y = None
     if args.probe_subset:
-        probe_x, probe_y = load_images(info["dataset"], "train", args.data_dir, args.probe_subset, args.seed)
+        probe_x, probe_y = load_images(info["dataset"], "train", args.data_dir, args.probe_subset, args.seed,
+                                       args.download)
     rho_attack_settings = {"steps": args.rho_steps}
     est_kwargs = {k: v for k, v in (("permutations", args.permutations), ("reduce_dim", args.reduce_dim)) if v is not None}
     settings = {**info, "probe_examples": None if probe_x is None else int(len(probe_x)),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from jsemi.cli._common import budget, check_json_target, check_run_data, load_split, nonneg_int, positive_int, warn_eps
+from jsemi.cli._common import add_download_arg, budget, check_json_target, check_run_data, load_split, nonneg_int, positive_int, warn_eps
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory written by `jsemi train`")
     p.add_argument("--dataset", default=None, help="defaults to the run's dataset")
     p.add_argument("--data-dir", default=None)
+    add_download_arg(p)
     p.add_argument("--test-subset", type=positive_int, default=None)
     p.add_argument("--attack", default="pgd", help="none, fgsm, ifgsm, pgd, pgd-l2, cw, apgd-ce, apgd-t, fab-t, square, autoattack, autoattack-rand")
     p.add_argument("--norm", default="linf", help="linf or l2 (pgd-l2 and cw are always l2)")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     check_json_target(args.json)  # before any work
     model, variables, meta = load_trained(args.run)
     dataset = args.dataset or meta["signature"]["dataset"]
-    test = load_split(dataset, "test", args.data_dir, args.test_subset, args.seed)
+    test = load_split(dataset, "test", args.data_dir, args.test_subset, args.seed, args.download)
     check_run_data(meta, test.images, dataset, args.run)
     attack = None
     if args.attack != "none":

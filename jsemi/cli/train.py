@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if config.mode != "standard":
         warn_eps(config.eps, config.attack_norm)
-    train = load_split(args.dataset, "train", args.data_dir, args.train_subset, args.seed)
-    test = load_split(args.dataset, "test", args.data_dir, args.test_subset, args.seed)
+    train = load_split(args.dataset, "train", args.data_dir, args.train_subset, args.seed, args.download)
+    test = load_split(args.dataset, "test", args.data_dir, args.test_subset, args.seed, args.download)
     model_kwargs = {}
     if args.dtype != "float32":
         from jsemi.precision import compute_dtype

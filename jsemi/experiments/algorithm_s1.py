@@ -20,7 +20,7 @@ def run_algorithm_s1(exp: Experiment, out: str | Path, *, attacks: Sequence[str]
     """Runs Algorithm S1 (default: every attack and split point of the experiment); returns (S1.md path, markdown)."""
     import jax
 
-    from jsemi.algorithms import _float_images
+    from jsemi.data import unit_float
     from jsemi.attacks import make_threat
     from jsemi.estimators.linear import algorithm_s1_sweep, s1_markdown
     from jsemi.runs import write_json_atomic
@@ -31,7 +31,7 @@ def run_algorithm_s1(exp: Experiment, out: str | Path, *, attacks: Sequence[str]
     attacks = list(attacks or exp.attacks)
     x, y = subset(test, examples or exp.s1_examples, exp.pretrain.seed, tag=41)
     rows = algorithm_s1_sweep(
-        model, robust, _float_images(x), y, jax.random.PRNGKey(exp.pretrain.seed + 5),
+        model, robust, unit_float(x), y, jax.random.PRNGKey(exp.pretrain.seed + 5),
         split_points=split_points or exp.s1_split_points,
         attacks=[None if a == "none" else a for a in attacks], threat=make_threat(exp.alg1.norm, exp.alg1.eps),
         attack_settings={a: dict(exp.attacks.get(a, {})) for a in attacks}, holdout=holdout)

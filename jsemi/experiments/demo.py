@@ -59,7 +59,7 @@ def pretrained_accuracy(exp: Experiment, model, normal, robust, test, out: Path)
 
 def bound_stage(exp: Experiment, model, robust, test, train, out: Path) -> dict:
     """gamma of every layer, rho of every pair (with nulls) and Theorems 2/3 of the robust network."""
-    from jsemi.algorithms import _float_images
+    from jsemi.data import unit_float
     from jsemi.attacks import make_threat
     from jsemi.estimators.measure import measure_network
     from jsemi.models import count_weight_layers
@@ -74,7 +74,7 @@ def bound_stage(exp: Experiment, model, robust, test, train, out: Path) -> dict:
     n = count_weight_layers(robust)
     x, y = subset(test, a1.measure_examples, exp.pretrain.seed, tag=31)
     px, py = subset(train, a1.probe_examples, exp.pretrain.seed, tag=32)
-    x, px = _float_images(x), _float_images(px)
+    x, px = unit_float(x), unit_float(px)
     threat = make_threat(a1.norm, a1.eps)
     key = jax.random.PRNGKey(exp.pretrain.seed + 77)
     splits = sorted(n - fb for fb in exp.fb_values)
@@ -110,7 +110,7 @@ def bound_stage(exp: Experiment, model, robust, test, train, out: Path) -> dict:
 
 def s1_stage(exp: Experiment, model, robust, test, out: Path) -> dict:
     """Algorithm S1 at the experiment's split points, on clean and PGD-attacked test images."""
-    from jsemi.algorithms import _float_images
+    from jsemi.data import unit_float
     from jsemi.attacks import make_threat
     from jsemi.estimators.linear import algorithm_s1_sweep, s1_markdown
     from jsemi.runs import read_json, write_json_atomic
@@ -122,7 +122,7 @@ def s1_stage(exp: Experiment, model, robust, test, out: Path) -> dict:
 
     a1 = exp.alg1
     x, y = subset(test, exp.s1_examples, exp.pretrain.seed, tag=41)
-    x = _float_images(x)
+    x = unit_float(x)
     rows = algorithm_s1_sweep(model, robust, x, y, jax.random.PRNGKey(exp.pretrain.seed + 5),
                               split_points=exp.s1_split_points, attacks=(None, a1.eval_attack),
                               threat=make_threat(a1.norm, a1.eps),
