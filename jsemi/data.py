@@ -66,21 +66,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
-import math
 import os
 import shlex
-import struct
 import warnings
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jsemi.batching import (  # noqa: F401  (re-exported: jsemi.data is the public home)
+    augment, augment_params, crop_flip, epoch_order, iterate_batches, num_batches, to_float, unit_float,
+)
+from jsemi.idx import IDXFormatError, parse_idx, read_idx, _idx_file  # noqa: F401
 from jsemi.validation import check_positive_int
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet", "digits", "synthetic")
@@ -103,10 +102,6 @@ _TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not available locally; the message says which command fetches it."""
-
-
-class IDXFormatError(ValueError):
-    """An IDX file is corrupt, truncated or not an IDX file at all."""
 
 
 # --------------------------------------------------------------------------------------
@@ -297,191 +292,6 @@ def stratified_indices(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray:
     rank[order] = np.arange(len(lab)) - np.repeat(np.cumsum(counts) - counts, counts)
     key = (rank + 0.5) / counts[inverse]
     return perm[np.argsort(key, kind="stable")[:n]]
-
-
-# --------------------------------------------------------------------------------------
-# Batching and device-side transforms
-# --------------------------------------------------------------------------------------
-
-
-def unit_float(images) -> np.ndarray:
-    """Host images as float32 in [0, 1]: uint8 pixels are divided by 255, float images are cast."""
-    images = np.asarray(images)
-    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32, copy=False)
-
-
-@jax.jit
-def to_float(images: jax.Array) -> jax.Array:
-    """uint8 pixels -> float32 in [0, 1] (jitted; runs on the device)."""
-    if images.dtype != jnp.uint8:
-        raise TypeError(f"to_float expects uint8 images, got {images.dtype}")
-    return images.astype(jnp.float32) / 255.0
-
-
-@jax.jit
-def _take(images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return to_float(images[idx]), labels[idx]
-
-
-def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
-    """The example order of one epoch: a permutation of range(n) fixed by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch, 2]).permutation(n)
-
-
-def num_batches(ds: Dataset, batch_size: int, *, drop_remainder: bool = False) -> int:
-    """How many batches :func:`iterate_batches` yields per epoch."""
-    check_positive_int(batch_size, "batch_size")
-    return len(ds) // batch_size if drop_remainder else math.ceil(len(ds) / batch_size)
-
-
-def iterate_batches(
-    ds: Dataset,
-    batch_size: int,
-    *,
-    seed: int | None = None,
-    epoch: int | None = None,
-    shuffle: bool = True,
-    drop_remainder: bool = False,
-) -> Iterator[tuple[jax.Array, jax.Array]]:
-    """Yields (images float32 (B, H, W, C) in [0, 1], labels int32 (B,)) on the device.
-
-    The split is put on the device once (as uint8) and batches are gathered and
-    converted there.  With ``shuffle`` the order is :func:`epoch_order` (seed, epoch),
-    so the same (seed, epoch) always gives the same batches; ``seed`` and ``epoch``
-    are then required.  Without ``drop_remainder`` the last batch may be smaller.
-    """
-    check_positive_int(batch_size, "batch_size")
-    if shuffle:
-        if seed is None or epoch is None:
-            raise ValueError("iterate_batches(shuffle=True) needs both seed= and epoch=")
-        order = epoch_order(len(ds), seed=seed, epoch=epoch)
-    else:
-        order = np.arange(len(ds))
-    if drop_remainder and batch_size > len(ds):
-        raise ValueError(
-            f"batch_size={batch_size} exceeds the {len(ds)} examples with drop_remainder=True (no batch)"
-        )
-    images, labels = ds._device_arrays
-    for b in range(num_batches(ds, batch_size, drop_remainder=drop_remainder)):
-        idx = order[b * batch_size : (b + 1) * batch_size].astype(np.int32)
-        yield _take(images, labels, idx)
-
-
-@functools.partial(jax.jit, static_argnames=("n", "pad", "flip"))
-def augment_params(key: jax.Array, n: int, *, pad: int = 4, flip: bool = True) -> tuple[jax.Array, jax.Array]:
-    """The random choices :func:`augment` makes for ``key``.
-
-    Returns (offsets int32 (n, 2): the (row, column) corner of each crop in the padded
-    image, each in [0, 2 * pad]; flips bool (n,): whether the crop is mirrored
-    left-right, all False when ``flip`` is off).
-    """
-    k_crop, k_flip = jax.random.split(key)
-    offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1, dtype=jnp.int32)
-    flips = jax.random.bernoulli(k_flip, 0.5, (n,)) if flip else jnp.zeros((n,), bool)
-    return offsets, flips
-
-
-def crop_flip(images: jax.Array, offsets: jax.Array, flips: jax.Array, *, pad: int) -> jax.Array:
-    """Crops each zero-padded image at its corner ``offsets[i]`` and mirrors it where ``flips[i]``.
-
-    The deterministic half of :func:`augment` (traceable; jit it or call it inside jit),
-    for callers that must apply the same choices to several arrays (e.g. images and
-    their perturbations).
-    """
-    b, h, w, c = images.shape
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    crop = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
-    return jnp.where(flips[:, None, None, None], crop[:, :, ::-1, :], crop)
-
-
-@functools.partial(jax.jit, static_argnames=("pad", "flip"))
-def augment(key: jax.Array, images: jax.Array, *, pad: int = 4, flip: bool = True) -> jax.Array:
-    """CIFAR-style augmentation of a batch (B, H, W, C), jitted and vectorised.
-
-    Each image is zero-padded by ``pad`` pixels on every side, a random H x W window
-    is cropped from it, and (with ``flip``) it is mirrored left-right with probability
-    1/2; the choices are :func:`augment_params` (key).  Shape, dtype and value range
-    are kept.  Use ``flip=False`` for digit-like data where mirroring changes the class.
-    """
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
-    if images.ndim != 4:
-        raise ValueError(f"augment expects a batch (B, H, W, C), got shape {images.shape}")
-    offsets, flips = augment_params(key, images.shape[0], pad=pad, flip=flip)
-    return crop_flip(images, offsets, flips, pad=pad)
-
-
-# --------------------------------------------------------------------------------------
-# IDX files
-# --------------------------------------------------------------------------------------
-
-# IDX type code -> big-endian NumPy dtype (http://yann.lecun.com/exdb/mnist/, "IDX file format").
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Reads an IDX file (plain or gzip-compressed, detected from its bytes).
-
-    The header is two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16,
-    0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions, then each
-    dimension as a big-endian uint32; the data follow, big-endian.  Returns an array
-    of that shape in native byte order.  Raises :class:`IDXFormatError` for a bad
-    magic number, an unknown type code, a truncated file, trailing bytes or a
-    corrupt gzip stream.
-    """
-    path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise IDXFormatError(f"{path}: corrupt or truncated gzip stream ({err})") from err
-    return parse_idx(raw, source=str(path))
-
-
-def parse_idx(buf: bytes, source: str = "<bytes>") -> np.ndarray:
-    """Parses the bytes of an (uncompressed) IDX file; see :func:`read_idx`."""
-    if len(buf) < 4:
-        raise IDXFormatError(f"{source}: {len(buf)} bytes, too short for the 4-byte IDX magic number")
-    if buf[0] != 0 or buf[1] != 0:
-        raise IDXFormatError(
-            f"{source}: not an IDX file (magic number starts with 0x{buf[:2].hex()}, expected 0x0000)"
-        )
-    code, ndim = buf[2], buf[3]
-    if code not in _IDX_DTYPES:
-        known = ", ".join(f"0x{k:02X}" for k in _IDX_DTYPES)
-        raise IDXFormatError(f"{source}: unknown IDX data type code 0x{code:02X} (known: {known})")
-    if ndim == 0:
-        raise IDXFormatError(f"{source}: IDX header declares 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise IDXFormatError(
-            f"{source}: truncated IDX header ({ndim} dimensions need {header} bytes, file has {len(buf)})"
-        )
-    dims = struct.unpack(f">{ndim}I", buf[4:header])
-    dtype = np.dtype(_IDX_DTYPES[code])
-    count = math.prod(dims)
-    expected, actual = count * dtype.itemsize, len(buf) - header
-    if actual < expected:
-        raise IDXFormatError(
-            f"{source}: truncated IDX data: shape {dims} of {dtype.name} needs {expected} bytes, found {actual}"
-        )
-    if actual > expected:
-        raise IDXFormatError(
-            f"{source}: {actual - expected} unexpected bytes after the IDX data of shape {dims}"
-        )
-    arr = np.frombuffer(buf, dtype=dtype, count=count, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="))
-
-
-def _idx_file(folder: Path, stem: str) -> Path | None:
-    """The IDX file for e.g. stem 'train-images-idx3' in folder (plain, .gz, or '.idx' spelling)."""
-    prefix, kind, idx = stem.split("-")
-    for base in (f"{stem}-ubyte", f"{prefix}-{kind}.{idx}-ubyte"):
-        for candidate in (folder / base, folder / f"{base}.gz"):
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 def _load_idx_pair(folder: Path, split: str, num_classes: int, source: str) -> tuple[np.ndarray, np.ndarray] | None:

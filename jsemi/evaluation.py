@@ -35,7 +35,7 @@ Units: accuracies are fractions in [0, 1]; images are uint8 or float32 in [0, 1]
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -43,9 +43,14 @@ import numpy as np
 
 from jsemi.attacks._common import join_fn, split_fn
 from jsemi.data import unit_float
-from jsemi.validation import check_image_dataset, check_key, check_positive_int, num_classes_of
+from jsemi.validation import (
+    check_image_dataset,
+    check_key,
+    check_positive_int,
+    num_classes_of,
+)
 
-__all__ = ["evaluate", "evaluate_many", "attacked_inputs", "needs_host", "batch_plan",
+__all__ = ["evaluate", "evaluate_many", "AttackedAccuracy", "bind_eval_attack", "attacked_inputs", "needs_host", "batch_plan",
            "compiled_batch", "compiled_batch_many", "compiled_predict", "compiled_adversarial"]
 
 
@@ -326,3 +331,58 @@ def attacked_inputs(logits_fn: Callable, images, labels, key: jax.Array, attack:
             xs, ys = place.batch(xb, yb)
             out.append(_to_host(compiled_adversarial(arrays_p, xs, ys, place.rep(kb), fn, attack, mesh))[:m])
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- a model-bound front
+
+
+def _as_dict(tree):
+    from jsemi.partition import _as_dict as as_dict
+
+    return as_dict(tree)
+
+
+def bind_eval_attack(name: str, threat, settings: Mapping[str, Any]) -> Callable | None:
+    """The bound attack ``(logits_fn, x, y, key) -> x_adv`` for ``name`` (None for "none")."""
+    if name in (None, "none", "clean"):
+        return None
+    from jsemi.estimators.semirobust import bind_attack
+
+    return bind_attack(name, threat, dict(settings), defaults=False)[0]
+
+
+class AttackedAccuracy:
+    """Attacked accuracy of ``model`` under ``attack`` (``attack=None``: clean accuracy) over a
+    dataset: a thin front of ``jsemi.evaluation`` with the variables as jit arguments.
+
+    Accuracy counts argmax(f(x_adv)) == y.  Batch b uses ``fold_in(key, b)``; the last batch
+    is padded.  Every call with weights of the same shapes reuses one compiled program (jit's
+    cache keys on the module, the attack and the shapes).  AutoAttack runs on concrete batches
+    (host mode, its still-robust points compacted between attacks; ``host=None`` detects it).
+    """
+
+    def __init__(self, model, attack: Callable | None, batch_size: int = 500, host: bool | None = None):
+        self.model, self.attack, self.batch_size, self.host = model, attack, int(batch_size), host
+
+    def _fn(self, variables):
+        from jsemi.models import bind
+
+        return bind(self.model, _as_dict(variables))
+
+    def __call__(self, variables, images: np.ndarray, labels: np.ndarray, key: jax.Array) -> float:
+        res = evaluate(self._fn(variables), images, labels, key, self.attack, batch_size=self.batch_size,
+                       host=self.host)
+        return res["acc"] if self.attack is None else res["adv_acc"]
+
+    def adversarial(self, variables, images: np.ndarray, labels: np.ndarray, key: jax.Array) -> np.ndarray:
+        """The attacked inputs (float32 in [0, 1], host array) with the same batching and keys as ``__call__``."""
+        if self.attack is None:
+            return unit_float(np.asarray(images))
+        return attacked_inputs(self._fn(variables), images, labels, key, self.attack, batch_size=self.batch_size,
+                               host=self.host)
+
+    def many(self, stacked_variables, images: np.ndarray, labels: np.ndarray, keys: jax.Array) -> np.ndarray:
+        """Accuracies (R,) of R stacked variable sets, replica r attacked with ``keys[r]``."""
+        res = evaluate_many(self._fn(stacked_variables), images, labels, keys, self.attack,
+                            batch_size=self.batch_size, host=self.host)
+        return res["acc"] if self.attack is None else res["adv_acc"]

@@ -358,26 +358,14 @@ def shard_apply(fn: Callable, mesh: Mesh | None = None) -> Callable:
     return data_parallel(fn, mesh, batch_argnums=(1,), out_batched=True, pad=True)
 
 
-def evaluate(
-    model,
-    variables: dict,
-    images: np.ndarray,
-    labels: np.ndarray,
-    key: jax.Array,
-    attack: Callable | None = None,
-    batch_size: int = 500,
-    mesh: Mesh | None = None,
-    progress: bool = False,
-    desc: str = "eval",
-) -> dict:
-    """``jsemi.evaluation.evaluate`` of ``bind(model, variables)`` on ``mesh`` (default: all devices).
+def evaluate(model, variables: dict, images: np.ndarray, labels: np.ndarray, key: jax.Array,
+             attack: Callable | None = None, batch_size: int = 500, mesh: Mesh | None = None, **kwargs) -> dict:
+    """``jsemi.train.evaluate`` on ``mesh`` (default: all devices).
 
     Same batching and keys as on one device, so both give the same accuracies on any device
     or process count.  Multi-host: every process passes the same full dataset and gets the
     same counts (summed across processes).  Returns {'n', 'acc', 'adv_acc', 'robust_acc'}.
     """
-    from jsemi.evaluation import evaluate as _evaluate
-    from jsemi.models import bind
+    from jsemi.train import evaluate as _evaluate
 
-    return _evaluate(bind(model, variables), images, labels, key, attack, batch_size=batch_size,
-                     mesh=_default_mesh(mesh), progress=progress, desc=desc)
+    return _evaluate(model, variables, images, labels, key, attack, batch_size, mesh=_default_mesh(mesh), **kwargs)

@@ -370,8 +370,10 @@ def evaluate(
     batch_size: int = 500,
     progress: bool = False,
     desc: str = "eval",
+    mesh=None,
 ) -> dict:
-    """Clean (and attacked, if ``attack(logits_fn, x, y, key)`` is given) accuracy in [0, 1].
+    """Clean (and attacked, if ``attack(logits_fn, x, y, key)`` is given) accuracy in [0, 1]
+    (on ``mesh``, a ``jsemi.sharding`` mesh, when given).
 
     ``jsemi.evaluation.evaluate`` of ``jsemi.models.bind(model, variables)``: the weights are
     jit arguments, so every epoch of a run reuses one compiled program.  Returns {'n', 'acc',
@@ -380,7 +382,7 @@ def evaluate(
     from jsemi.evaluation import evaluate as _evaluate
     from jsemi.models import bind
 
-    return _evaluate(bind(model, variables), images, labels, key, attack, batch_size=batch_size,
+    return _evaluate(bind(model, variables), images, labels, key, attack, batch_size=batch_size, mesh=mesh,
                      progress=progress, desc=desc)
 
 

@@ -471,6 +471,9 @@ def _paper_smoke(model_name: str, dataset: str, tmp_path, attack_steps: int | No
     return rec
 
 
+# slow: compiles a whole VGG16 on CPU (~44 CPU s); the paper configurations are checked in the default suite by
+# test_experiments_cli (reproduce --list / --write-configs) and the configs round trip here
+@pytest.mark.slow
 def test_paper_config_smoke_vgg16_cifar10(tmp_path):
     """Fast: VGG16 with the paper's CIFAR-10 configuration, one step of everything (attacks at 1 step)."""
     _paper_smoke("vgg16", "cifar10", tmp_path, attack_steps=1)

@@ -94,6 +94,9 @@ def trained_run(tmp_path_factory):
     return run, te
 
 
+# slow: trains a CNN and runs jsemi estimate end to end (~45 CPU s); the same pipeline (measure_network) runs in the
+# default suite inside Algorithm 1's measured trials (test_algorithms) and the CLI checks are in test_bad_input
+@pytest.mark.slow
 def test_bound_report_end_to_end_on_trained_cnn(trained_run, tmp_path, capsys):
     """`jsemi estimate` on a trained SmallCNN: gammas, attacked data, rho with nulls, sensitivities, bounds."""
     from jsemi.cli import main

@@ -31,6 +31,9 @@ def _check_table(s5, tmp_path, doc, *, measure: bool):
     return rows
 
 
+# slow: four training modes end to end (~25 CPU s); each mode is covered by test_robust_training, Algorithm 1 by
+# test_algorithms
+@pytest.mark.slow
 def test_table_s5_on_the_cpu_config_with_tiny_settings(tmp_path):
     """Every method, one robust network (--shared-robust), no rho (the estimators cost ~30 s here)."""
     s5 = _load_script()

@@ -18,48 +18,29 @@ EXIT_USAGE = 2
 # ArgumentTypeError keeps our message instead.
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (batch sizes, steps, epochs, trials)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+def _number(convert, ok, what: str):
+    """An argparse type: ``convert(text)`` that must satisfy ``ok``; the message says ``what`` it must be."""
+
+    def parse(text: str):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    """argparse type: an int >= 0 (subset sizes where 0 means all, seeds)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
-
-
-def nonneg_float(text: str) -> float:
-    """argparse type: a finite float >= 0 (learning rates, weight decay)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return v
-
-
-def budget(text: str) -> float:
-    """argparse type: a finite float >= 0 (eps, step sizes, in pixel units of [0, 1] images)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0 (pixel units of [0, 1] images), got {text!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (pixel units of [0, 1] images), got {text}")
-    return v
+# an int >= 1 (batch sizes, steps, epochs, trials)
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+# an int >= 0 (subset sizes where 0 means all, seeds)
+nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+# a finite float >= 0 (learning rates, weight decay)
+nonneg_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+# a finite float >= 0 in pixel units of [0, 1] images (eps, step sizes)
+budget = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (pixel units of [0, 1] images)")
 
 
 def warn_eps(eps: float, norm: str, image_shape=None) -> None:

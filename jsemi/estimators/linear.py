@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsemi.estimators.network import adversarial_examples
-from jsemi.estimators.semirobust import batch_slices, map_batches, network_info, ridge_solve, threat_dict
+from jsemi.estimators.semirobust import batch_slices, check_network_data, map_batches, ridge_solve, threat_dict
 from jsemi.models import bind, layer_outputs
-from jsemi.validation import check_images, check_labels, check_positive_int
+from jsemi.validation import check_positive_int
 
 _HP = jax.lax.Precision.HIGHEST
 
@@ -109,15 +109,7 @@ def algorithm_s1_sweep(model, variables, x, y, key, *, split_points: Iterable[in
     attack name to its settings.  Attacked inputs and activations are computed once per
     attack and shared by all split points.
     """
-    x = np.asarray(x)
-    y = np.asarray(y)
-    check_images(x, "x")
-    n, num_classes = network_info(model, variables, x)
-    check_labels(y, num_classes, "y", batch=x.shape[0])
-    splits = sorted(set(int(a) for a in split_points))
-    bad = [a for a in splits if not 1 <= a <= n - 1]
-    if not splits or bad:
-        raise ValueError(f"split points must be in 1..{n - 1}, got {list(split_points)}")
+    x, y, n, splits = check_network_data(model, variables, x, y, split_points)
     check_positive_int(lambda_batch_size, "lambda_batch_size")
     check_positive_int(random_trials, "random_trials")
     if not 0.0 <= holdout < 1.0:

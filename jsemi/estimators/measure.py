@@ -29,8 +29,7 @@ import numpy as np
 
 from jsemi.estimators.bounds import BoundReport, bound_report
 from jsemi.estimators.network import adversarial_examples, layer_sensitivities, network_rhos
-from jsemi.estimators.semirobust import layer_gammas, network_info
-from jsemi.validation import check_images, check_labels
+from jsemi.estimators.semirobust import check_network_data, layer_gammas
 
 __all__ = ["Measurement", "measure_network"]
 
@@ -80,15 +79,7 @@ def measure_network(model, variables, x, y, key, *, threat, splits: Sequence[int
       probe_x, probe_y: images that fit the gamma probes (default: the gamma images).
       settings: extra entries recorded in the report's settings.
     """
-    x = np.asarray(x)
-    y = np.asarray(y)
-    check_images(x, "x")
-    n, num_classes = network_info(model, variables, x)
-    check_labels(y, num_classes, "y", batch=x.shape[0])
-    splits = sorted(set(int(a) for a in splits))
-    bad = [a for a in splits if not 1 <= a <= n - 1]
-    if not splits or bad:
-        raise ValueError(f"split points {bad or splits} out of range 1..{n - 1} for {n} weight layers")
+    x, y, n, splits = check_network_data(model, variables, x, y, splits)
     rho_estimators = tuple(rho_estimators)
     if not rho_estimators:
         raise ValueError("rho_estimators is empty")

@@ -238,6 +238,21 @@ def attacked_margins(score_fn: Callable, params: Any, x, y, key, *, threat, atta
 # ----------------------------------------------------------------------------- layer features
 
 
+def check_network_data(model, variables, x, y, split_points) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
+    """Checks images, labels in [0, K) and split points a in 1..n-1 of a network before any work;
+    returns (x, y, n, sorted split points)."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    check_images(x, "x")
+    n, num_classes = network_info(model, variables, x)
+    check_labels(y, num_classes, "y", batch=x.shape[0])
+    splits = sorted(set(int(a) for a in split_points))
+    bad = [a for a in splits if not 1 <= a <= n - 1]
+    if not splits or bad:
+        raise ValueError(f"split points {bad or list(split_points)} out of range 1..{n - 1} for {n} weight layers")
+    return x, y, n, splits
+
+
 def network_info(model, variables, x) -> tuple[int, int]:
     """(number of weight layers n, number of classes K) from the shapes of a forward pass on ``x[:1]``."""
     logits, outs = jax.eval_shape(lambda xb: layer_outputs(model, variables, xb), jnp.asarray(x[:1], jnp.float32))
