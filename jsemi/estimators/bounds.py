@@ -134,31 +134,37 @@ class BoundReport:
             lines.append(f"| {s.a} | {s.num_fb} | {_f(s.gamma_a)} | {_f(s.sum_rho)} | {_f(s.theorem2)} | {_f(s.gamma_b)} "
                          f"| {holds} | {_f(s.theorem2_excess)} | {_f(s.theorem3_factor, 2)} | {_f(s.theorem3)} |")
         if self.gammas:
-            lines += ["", "## Semirobustness per layer", "",
-                      "| j | probe | clean margin [logit*] | attacked margin = upper est. of gamma_j [logit*] "
-                      "| clean acc | attacked acc |",
-                      "|---:|:---|---:|---:|---:|---:|"]
-            for g in self.gammas:
-                lines.append(f"| {g.get('layer')} | {g.get('probe', '-')} | {_f(g.get('clean_margin'))} "
-                             f"| {_f(g.get('attacked_margin'))} | {_f(g.get('clean_acc'))} | {_f(g.get('attacked_acc'))} |")
+            lines += _section(
+                "Semirobustness per layer",
+                "| j | probe | clean margin [logit*] | attacked margin = upper est. of gamma_j [logit*] | clean acc "
+                "| attacked acc |", "|---:|:---|---:|---:|---:|---:|",
+                [f"| {g.get('layer')} | {g.get('probe', '-')} | {_f(g.get('clean_margin'))} | "
+                 f"{_f(g.get('attacked_margin'))} | {_f(g.get('clean_acc'))} | {_f(g.get('attacked_acc'))} |"
+                 for g in self.gammas])
         if self.rhos:
-            lines += ["", "## Dependency rho_j between consecutive layers (attacked data)", "",
-                      "| pair (j-1, j) | rho_j [bits] | null [bits] | excess [bits] | p-value | estimator |",
-                      "|:---|---:|---:|---:|---:|:---|"]
-            for r in self.rhos:
-                lines.append(f"| ({r.layer - 1}, {r.layer}) | {_f(r.rho)} | {_f(r.null)} | {_f(r.excess)} "
-                             f"| {_f(r.p_value, 3)} | {r.estimator or '-'} |")
+            lines += _section(
+                "Dependency rho_j between consecutive layers (attacked data)",
+                "| pair (j-1, j) | rho_j [bits] | null [bits] | excess [bits] | p-value | estimator |",
+                "|:---|---:|---:|---:|---:|:---|",
+                [f"| ({r.layer - 1}, {r.layer}) | {_f(r.rho)} | {_f(r.null)} | {_f(r.excess)} | {_f(r.p_value, 3)} "
+                 f"| {r.estimator or '-'} |" for r in self.rhos])
         if self.sensitivities:
-            lines += ["", "## Layer sensitivity (Zhang et al. 2019)", "",
-                      "| j | sensitivity, per channel / unit (authors) [ratio] | sensitivity, per image [ratio] |",
-                      "|---:|---:|---:|"]
-            for s in self.sensitivities:
-                lines.append(f"| {s.get('layer')} | {_f(s.get('sensitivity'))} | {_f(s.get('sensitivity_image'))} |")
+            lines += _section(
+                "Layer sensitivity (Zhang et al. 2019)",
+                "| j | sensitivity, per channel / unit (authors) [ratio] | sensitivity, per image [ratio] |",
+                "|---:|---:|---:|",
+                [f"| {s.get('layer')} | {_f(s.get('sensitivity'))} | {_f(s.get('sensitivity_image'))} |"
+                 for s in self.sensitivities])
         lines += ["", "## Units", ""] + [f"- {k}: {v}" for k, v in self.units.items()]
         lines += ["", "## Notes", ""] + [f"- {t}" for t in self.notes]
         if self.settings:
             lines += ["", "## Settings", "", "```json", json.dumps(jsonable(self.settings), indent=2, allow_nan=False), "```"]
         return "\n".join(lines) + "\n"
+
+
+def _section(title: str, header: str, align: str, rows: list[str]) -> list[str]:
+    """A Markdown section: blank line, heading, blank line, table header, alignment row, rows."""
+    return ["", f"## {title}", "", header, align] + list(rows)
 
 
 def _f(v: Any, digits: int = 4) -> str:

@@ -20,6 +20,13 @@ from jsemi.experiments.configs import Experiment
 from jsemi.experiments.pipeline import alg1_data, load_data, pretrain_pair, run_rows
 
 
+def _pretrained(exp: Experiment, out: Path, data_dir: str | None, download: bool, progress: bool):
+    """(model, normal, robust, fine-tuning data, evaluation data) of the experiment's pretrained pair (resumable)."""
+    train, test = load_data(exp, data_dir, download=download)
+    model, normal, robust, _ = pretrain_pair(exp, out, train, test, progress=progress)
+    return (model, normal, robust) + tuple(alg1_data(exp, train, test))
+
+
 def sweep_layers(exp: Experiment, out: str | Path, *, fb_values: Sequence[int] | None = None, trials: int | None = None,
                  vmap: int | None = None, data_dir: str | None = None, download: bool = False,
                  progress: bool = True) -> Path:
@@ -27,9 +34,7 @@ def sweep_layers(exp: Experiment, out: str | Path, *, fb_values: Sequence[int] |
     from jsemi import report
 
     out = Path(out)
-    train, test = load_data(exp, data_dir, download=download)
-    model, normal, robust, _ = pretrain_pair(exp, out, train, test, progress=progress)
-    ft, ev = alg1_data(exp, train, test)
+    model, normal, robust, ft, ev = _pretrained(exp, out, data_dir, download, progress)
     dirs = run_rows(exp, model, normal, robust, ft, ev, out, fb_values=fb_values, trials=trials,
                     vmap=vmap, progress=progress)
     rows, _ = report.load_rows(dirs)
@@ -47,9 +52,7 @@ def sweep_k(exp: Experiment, out: str | Path, *, fb_values: Sequence[int] | None
     from jsemi import report
 
     out = Path(out)
-    train, test = load_data(exp, data_dir, download=download)
-    model, normal, robust, _ = pretrain_pair(exp, out, train, test, progress=progress)
-    ft, ev = alg1_data(exp, train, test)
+    model, normal, robust, ft, ev = _pretrained(exp, out, data_dir, download, progress)
     fb = (fb_values or [min(exp.fb_values)])[0]
     dirs = []
     for k in (k_values or exp.k_values):
