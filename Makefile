@@ -8,7 +8,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 FMNIST := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: all install demo test test-slow test-all bench bench-gpu fashion-mnist clean docs-api
+.PHONY: all install demo test test-colab test-slow test-all bench bench-gpu fashion-mnist clean docs-api
 
 all: test
 
@@ -38,6 +38,11 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider --durations=25
 
 # the slow suite also checks against the peers (CPU torch, torchattacks, scipy): it installs them
+# The Colab-runtime check (the wheel in a fresh venv outside the checkout, a stub google.colab,
+# all three notebooks): slow-marked, so outside make test's CPU budget; CI runs it as well.
+test-colab: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_colab_runtime.py
+
 test-slow: $(BENCH_STAMP)
 	$(PY) -m pytest -m slow -q
 

@@ -23,6 +23,7 @@ def run_algorithm_s1(exp: Experiment, out: str | Path, *, attacks: Sequence[str]
     from jsemi.data import unit_float
     from jsemi.attacks import make_threat
     from jsemi.estimators.linear import algorithm_s1_sweep, s1_markdown
+    from jsemi.csv_tables import write_json_tables
     from jsemi.runs import write_json_atomic
 
     out = Path(out)
@@ -40,4 +41,5 @@ def run_algorithm_s1(exp: Experiment, out: str | Path, *, attacks: Sequence[str]
     path = out / "s1" / "S1.md"
     path.write_text(md)
     write_json_atomic(out / "s1" / "s1.json", {"rows": rows, "experiment": exp.name})
+    write_json_tables(out / "s1", "s1", {"rows": rows})
     return path, md

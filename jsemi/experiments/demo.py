@@ -63,6 +63,7 @@ def bound_stage(exp: Experiment, model, robust, test, train, out: Path) -> dict:
     from jsemi.attacks import make_threat
     from jsemi.estimators.measure import measure_network
     from jsemi.models import count_weight_layers
+    from jsemi.csv_tables import write_json_tables
     from jsemi.runs import read_json, write_json_atomic
 
     path = out / "bounds" / "bounds.json"
@@ -105,6 +106,7 @@ def bound_stage(exp: Experiment, model, robust, test, train, out: Path) -> dict:
     res = {"report": rep.to_dict(), "rho": {e: [{k: v for k, v in r.items() if k != "per_class"} for r in rs]
                                            for e, rs in rhos.items()}}
     write_json_atomic(path, res)
+    write_json_tables(path.parent, "bounds", res["report"])
     return res
 
 
@@ -113,6 +115,7 @@ def s1_stage(exp: Experiment, model, robust, test, out: Path) -> dict:
     from jsemi.data import unit_float
     from jsemi.attacks import make_threat
     from jsemi.estimators.linear import algorithm_s1_sweep, s1_markdown
+    from jsemi.csv_tables import write_json_tables
     from jsemi.runs import read_json, write_json_atomic
 
     path = out / "s1" / "s1.json"
@@ -131,6 +134,7 @@ def s1_stage(exp: Experiment, model, robust, test, out: Path) -> dict:
     md = s1_markdown(rows)
     (out / "s1" / "S1.md").write_text(md)
     write_json_atomic(path, {"rows": rows})
+    write_json_tables(path.parent, "s1", {"rows": rows})
     return {"rows": rows}
 
 

@@ -130,20 +130,28 @@ def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bou
               f"{platform.python_version()}, JAX {_jax_version()}. Load average (1/5/15 min) at the start "
               f"{stages.load_start}, at the end {stages.load_end} (other processes competing for the cores "
               "inflate the wall times).", "",
-              "| stage | this run [s] | first run [s] |", "|:---|---:|---:|"]
+              "| stage | this run [s] | this run [CPU s] | first run [s] |", "|:---|---:|---:|---:|"]
     for name, rec in st.items():
+        cpu = rec.get("cpu_seconds")
         lines.append(f"| {name} | {rec['seconds']:.1f}{' (reused)' if rec.get('reused') else ''} "
-                     f"| {rec.get('first_run_seconds', rec['seconds']):.1f} |")
+                     f"| {'-' if cpu is None else f'{cpu:.1f}'} | {rec.get('first_run_seconds', rec['seconds']):.1f} |")
     first_total = sum(r.get("first_run_seconds", r["seconds"]) for r in st.values())
-    lines += [f"| **total** | {stages.total:.1f} | {first_total:.1f} (sum of stages) |", ""]
+    cpu_total = sum(r.get("cpu_seconds") or 0.0 for r in st.values())
+    lines += [f"| **total** | {stages.total:.1f} | {cpu_total:.1f} | {first_total:.1f} (sum of stages) |", ""]
     lines += ["## Settings (departures from the paper)", ""] + [f"- {n}" for n in exp.notes] + [""]
     lines += ["```json", json.dumps(exp.to_dict(), indent=1), "```", ""]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines))
     (out / "table.md").write_text(table)
+    from jsemi.csv_tables import write_csv, write_json_tables
     from jsemi.runs import write_json_atomic
 
     write_json_atomic(out / "claims.json", claims)
+    write_json_tables(out, "claims", claims)  # CSV twins of every table
+    write_csv(out / "table.csv", report.table_records(rows))
+    write_csv(out / "rho.csv", report.rho_records(rows))
+    write_csv(out / "trials.csv", report.trial_records(trials))
+    write_csv(out / "stages.csv", [{"stage": k, **v} for k, v in st.items()])
     return path
 
 

@@ -109,6 +109,7 @@ def run(exp: Experiment, out: str | Path, *, methods=METHODS, fb_values=None, tr
     """Runs (or resumes) the comparison and writes table_s5.md / table_s5.json; returns the JSON dict."""
     from jsemi.algorithms import algorithm1
     from jsemi.report import summarize
+    from jsemi.csv_tables import write_json_tables
     from jsemi.runs import write_json_atomic
 
     out = Path(out)
@@ -156,6 +157,7 @@ def run(exp: Experiment, out: str | Path, *, methods=METHODS, fb_values=None, tr
     (out / "table_s5.md").write_text(f"# Table S5 ({exp.name})\n\n" + table + "\n" + _settings_md(settings))
     doc = {"rows": [_jsonable_row(r) for r in rows], "settings": settings, "table_markdown": table}
     write_json_atomic(out / "table_s5.json", doc)
+    write_json_tables(out, "table_s5", doc)
     return doc
 
 
