@@ -504,7 +504,8 @@ def tiny_experiment():
                                                                 attack_steps=1)),
         alg1=dataclasses.replace(exp.alg1, max_epochs=1, trials=2, finetune=tiny_ft, measure_examples=64,
                                  gamma_examples=None, probe_examples=64, eval_attack_settings={"steps": 2},
-                                 rho_settings={"ksg": {"permutations": 3}, "edge": {"permutations": 3}},
+                                 rho_settings={"gaussian": {"permutations": 3, "reduce_dim": 2}, "ksg": {"permutations": 3},
+                                               "edge": {"permutations": 3}},
                                  gamma_attack_settings={"steps": 2, "restarts": 1, "loss": "margin"}),
         finetune_train_subset=128, eval_test_subset=64, s1_examples=64, k_values=(0.0, 5.0), independent_seeds=(0, 1),
     )
