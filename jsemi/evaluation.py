@@ -336,12 +336,6 @@ def attacked_inputs(logits_fn: Callable, images, labels, key: jax.Array, attack:
 # ----------------------------------------------------------------------------- a model-bound front
 
 
-def _as_dict(tree):
-    from jsemi.partition import _as_dict as as_dict
-
-    return as_dict(tree)
-
-
 def bind_eval_attack(name: str, threat, settings: Mapping[str, Any]) -> Callable | None:
     """The bound attack ``(logits_fn, x, y, key) -> x_adv`` for ``name`` (None for "none")."""
     if name in (None, "none", "clean"):
@@ -367,7 +361,7 @@ class AttackedAccuracy:
     def _fn(self, variables):
         from jsemi.models import bind
 
-        return bind(self.model, _as_dict(variables))
+        return bind(self.model, variables)
 
     def __call__(self, variables, images: np.ndarray, labels: np.ndarray, key: jax.Array) -> float:
         res = evaluate(self._fn(variables), images, labels, key, self.attack, batch_size=self.batch_size,

@@ -17,10 +17,9 @@ carries its weights as compile-time constants: jit keys it by identity, so every
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from flax import struct
 
@@ -62,10 +61,18 @@ class BoundModel(struct.PyTreeNode):
         return self.replace(variables=variables)
 
 
+def _plain_dicts(tree: Any) -> Any:
+    """Nested mappings (FrozenDict or dict) as plain dicts: one tree structure, so one compiled program, whichever
+    mapping type the variables arrive in."""
+    if isinstance(tree, Mapping):
+        return {k: _plain_dicts(v) for k, v in tree.items()}
+    return tree
+
+
 def bind(model: nn.Module, variables: Any, *, layer: int | None = None) -> BoundModel:
     """The inference-mode function of ``model`` with ``variables`` as jit arguments (see module doc)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"bind expects a flax.linen Module, got {type(model).__name__}")
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
         raise ValueError(f"layer must be a positive int (1-based weight layer), got {layer!r}")
-    return BoundModel(model=model, variables=jax.tree_util.tree_map(lambda a: a, dict(variables)), layer=layer)
+    return BoundModel(model=model, variables=_plain_dicts(variables), layer=layer)
