@@ -14,7 +14,7 @@ all: test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=70.1" wheel  # a fresh 3.11 venv ships setuptools 65 without bdist_wheel
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev,plots]"
