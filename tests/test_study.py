@@ -20,8 +20,10 @@ def test_t_interval_closed_form():
     half = T975_DF2 * 1.0 / math.sqrt(3)
     assert ci["m"] == 3 and ci["mean"] == pytest.approx(2.0) and ci["sd"] == pytest.approx(1.0)
     assert ci["lo"] == pytest.approx(2.0 - half) and ci["hi"] == pytest.approx(2.0 + half)
+    t80_df2 = (2 * 0.8 - 1) / math.sqrt(2 * 0.8 * 0.2)  # Student t quantile, 2 df: (2p - 1) / sqrt(2p(1 - p))
+    assert ci["mde80"] == pytest.approx((T975_DF2 + t80_df2) / math.sqrt(3))
     one = sr.t_interval([5.0, None, float("nan")])
-    assert one == {"mean": 5.0, "lo": None, "hi": None, "sd": None, "m": 1}
+    assert one == {"mean": 5.0, "lo": None, "hi": None, "sd": None, "m": 1, "mde80": None}
     assert sr.t_interval([])["mean"] is None
     with pytest.raises(ValueError, match="level"):
         sr.t_interval([1.0, 2.0], level=1.5)

@@ -74,24 +74,29 @@ CLAIMS: tuple[Claim, ...] = (
 
 
 def t_interval(values: Sequence[float | None], level: float = 0.95) -> dict:
-    """Student's t-interval of the mean of the finite ``values``: {mean, lo, hi, sd, m}.
+    """Student's t-interval of the mean of the finite ``values``: {mean, lo, hi, sd, m, mde80}.
 
-    ``lo``/``hi`` are None for fewer than two values; ``sd`` uses ddof = 1.
+    ``lo``/``hi`` are None for fewer than two values; ``sd`` uses ddof = 1.  ``mde80`` is the
+    power statement: the smallest true mean distance from a threshold that this many values
+    with this spread detect (two-sided, at ``level``) with 80 % power,
+    (t_{(1+level)/2, m-1} + t_{0.8, m-1}) sd / sqrt(m) (the usual one-sample t approximation).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     xs = np.asarray([float(v) for v in values if v is not None and math.isfinite(float(v))], float)
     m = int(xs.size)
     if m == 0:
-        return {"mean": None, "lo": None, "hi": None, "sd": None, "m": 0}
+        return {"mean": None, "lo": None, "hi": None, "sd": None, "m": 0, "mde80": None}
     mean = float(xs.mean())
     if m < 2:
-        return {"mean": mean, "lo": None, "hi": None, "sd": None, "m": 1}
+        return {"mean": mean, "lo": None, "hi": None, "sd": None, "m": 1, "mde80": None}
     from scipy.stats import t
 
     sd = float(xs.std(ddof=1))
-    half = float(t.ppf((1 + level) / 2, m - 1)) * sd / math.sqrt(m)
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "m": m}
+    q = float(t.ppf((1 + level) / 2, m - 1))
+    half = q * sd / math.sqrt(m)
+    mde = (q + float(t.ppf(0.8, m - 1))) * sd / math.sqrt(m)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "m": m, "mde80": mde}
 
 
 def verdict(ci: Mapping, claim: Claim) -> str:
@@ -254,14 +259,20 @@ def fmt_ci(ci: Mapping, digits: int = 2) -> str:
     return f"{ci['mean']:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
 
 
+def _mde(ci: Mapping) -> str:
+    return "-" if ci.get("mde80") is None else f"±{ci['mde80']:.3f}"
+
+
 def verdict_table(results: Sequence[Mapping]) -> str:
-    lines = ["| claim | estimator | per-network number | mean [95% CI] over networks | holds in | verdict |",
-             "|:---|:---|:---|---:|---:|:---|"]
+    lines = ["| claim | estimator | per-network number | mean [95% CI] over networks | detectable at 80 % power "
+             "| holds in | verdict |",
+             "|:---|:---|:---|---:|---:|---:|:---|"]
     for r in results:
         side = (">" if r["sign"] > 0 else "<") + f" {r['threshold']:g}"
         share = "-" if r["share"] is None else f"{r['holds_units']}/{r['checked_units']} ({100 * r['share']:.0f} %)"
         lines.append(f"| {r['text']} | {r['estimator'] or '-'} | {r['statistic']} (claim: {side}) "
-                     f"| {fmt_ci(r['pooled'], 3)} (m={r['pooled']['m']}) | {share} | **{r['verdict']}** |")
+                     f"| {fmt_ci(r['pooled'], 3)} (m={r['pooled']['m']}) | {_mde(r['pooled'])} | {share} "
+                     f"| **{r['verdict']}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -386,7 +397,9 @@ def study_markdown(out: Path, units: Sequence[Mapping], results: Sequence[Mappin
                             "until the study command (above) finishes its first unit; rerun it to resume.", ""]),
         "Per claim and rho estimator: each network's number (the second column says which), its mean with a 95 % "
         "Student-t interval over the independently pretrained networks (m), the share of networks where the per-network "
-        "check holds (`jsemi.report.check_claims`, or the number's sign), and the verdict: **holds** when the whole "
+        "check holds (`jsemi.report.check_claims`, or the number's sign), the power of this design (the smallest "
+        "distance of the true mean from the threshold that m networks with this spread detect with 80 % power at the "
+        "5 % level: (t_0.975 + t_0.8) sd / sqrt(m)), and the verdict: **holds** when the whole "
         "interval lies on the claim's side of the threshold, **does not hold** when it lies on the other side, "
         "**undetermined at this power** otherwise.", "",
         verdict_table(results),
