@@ -11,6 +11,11 @@ import numpy as np
 from jsemi.train import TrainConfig
 
 
+# Fields added after settings hashes were first written (study.json, run directories): left out of
+# ``to_dict`` at their default None, so a configuration that does not use them hashes as before.
+_OMIT_WHEN_NONE = ("epoch_eval_examples",)
+
+
 @dataclasses.dataclass(frozen=True)
 class Alg1Config:
     """Settings of one Algorithm 1 row (one split point).
@@ -29,6 +34,14 @@ class Alg1Config:
     ``rho_settings``; gamma with ``gamma_attack``/``gamma_attack_settings``, the layer-a
     probe fitted on ``probe_examples`` training images.  ``vmap``: number of trials
     trained at once (1 = sequential).  ``net`` and ``dataset`` label the tables.
+
+    ``epoch_eval_examples``: None (default, the paper's procedure) measures every
+    fine-tuning epoch's attacked accuracy on the whole test set.  An int m measures it on
+    m class-stratified test images (a screen, ``jsemi.alg1_epochs``): the stopping rule
+    fires when the subset accuracy reaches Acc* - k *and* the whole test set confirms it,
+    and Acc~ is the whole test set's accuracy of the selected epoch (the confirmed one,
+    else the best on the subset), so every reported accuracy is still on the full set.
+    Omitted from ``to_dict`` while None, so settings hashes written before it existed hold.
     """
 
     num_fb: int | None = None
@@ -56,6 +69,7 @@ class Alg1Config:
     vmap: int = 1
     net: str = ""
     dataset: str = ""
+    epoch_eval_examples: int | None = None
 
     def __post_init__(self):
         if (self.num_fb is None) == (self.a is None):
@@ -69,6 +83,9 @@ class Alg1Config:
         if self.gamma_examples is not None and (isinstance(self.gamma_examples, bool)
                                                 or not isinstance(self.gamma_examples, int) or self.gamma_examples < 1):
             raise ValueError(f"gamma_examples must be a positive int or None, got {self.gamma_examples!r}")
+        if self.epoch_eval_examples is not None and (isinstance(self.epoch_eval_examples, bool) or not isinstance(
+                self.epoch_eval_examples, int) or self.epoch_eval_examples < 1):
+            raise ValueError(f"epoch_eval_examples must be a positive int or None, got {self.epoch_eval_examples!r}")
         for name in ("max_epochs", "trials", "measure_examples", "probe_examples", "vmap", "eval_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -105,6 +122,9 @@ class Alg1Config:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["finetune"] = self.finetune.to_dict()
         d["rho_estimators"] = list(self.rho_estimators)
+        for name in _OMIT_WHEN_NONE:  # later additions: absent at their default, so older hashes and run dirs hold
+            if d[name] is None:
+                del d[name]
         return d
 
     @classmethod

@@ -19,7 +19,8 @@ the same architecture, and a split point a (or "# fb" = n - a):
      every epoch the attacked test accuracy is measured; the trial stops as soon as
      accuracy >= Acc* - k (``k`` in accuracy points, i.e. percent) or after
      ``max_epochs`` epochs (the paper's E = 10).  The check runs before each epoch too,
-     so a glued network already within k of Acc* trains for 0 epochs;
+     so a glued network already within k of Acc* trains for 0 epochs (``epoch_eval_examples``:
+     epochs screened on a test subset, confirmed on the whole set, ``jsemi.alg1_epochs``);
    - ``Acc~`` = the best attacked accuracy over the fine-tuning epochs (Acc_sr when 0
      epochs were trained); ``Diff`` = Acc~ - Acc*; ``converged`` = the threshold was met;
    - on ``measure_examples`` test images, with the network as it stands when the trial
@@ -69,6 +70,7 @@ import numpy as np
 
 from jsemi import metrics, partition
 from jsemi.alg1_config import Alg1Config, trial_seed  # noqa: F401  (public here too)
+from jsemi.alg1_epochs import EpochEval, TrialSelection, _reached, shared_baseline
 from jsemi.attacks.threat import make_threat
 from jsemi.data import unit_float
 from jsemi.evaluation import AttackedAccuracy, bind_eval_attack  # noqa: F401
@@ -185,6 +187,8 @@ class _Context:
         self.eval_attack = bind_eval_attack(config.eval_attack, self.threat, config.eval_attack_settings)
         self.evaluator = _evaluator(model, config, self.eval_attack)
         self.glued = glue(self.robust, self.normal, self.a)
+        self.epoch_eval = EpochEval(self)  # where each epoch is evaluated (config.epoch_eval_examples)
+        self.measure_inputs = lambda variables, key: _measure_inputs(self, variables, key)
         self._step_fn = None
         self._vstep = None
         self._state0 = None
@@ -225,10 +229,6 @@ class _Context:
             "test_data": fingerprint((self.test_x, self.test_y)),
             "config": self.config.identity(),
         }
-
-
-def _reached(acc: float, threshold: float) -> bool:
-    return acc >= threshold - 1e-12
 
 
 def _baseline(ctx: _Context) -> dict:
@@ -288,15 +288,17 @@ def initial_measure(ctx: _Context) -> dict:
             "measure_examples": int(y.shape[0]), "seconds": time.perf_counter() - t0}
 
 
-def measure(ctx: _Context, variables: Mapping, key: jax.Array) -> dict:
+def measure(ctx: _Context, variables: Mapping, key: jax.Array, *, attacked_acc: bool = False,
+            inputs: tuple | None = None) -> dict:
     """rho (every estimator) for pairs j = a+1..n, gamma_a and gamma_n, bound report, sensitivities
-    (``jsemi.estimators.measure.measure_network`` on the evaluation attack's x_adv)."""
+    (``jsemi.estimators.measure.measure_network`` on the evaluation attack's x_adv); with
+    ``attacked_acc`` also the network's accuracy on that x_adv (``attacked_acc``)."""
     from jsemi.estimators.measure import measure_network
 
     cfg = ctx.config
     pidx = _stratified(ctx.train_y, cfg.probe_examples, cfg.seed + 1)
     px, py = unit_float(ctx.train_x[pidx]), ctx.train_y[pidx]
-    x, x_adv, y = _measure_inputs(ctx, variables, jax.random.fold_in(key, 1))
+    x, x_adv, y = inputs or _measure_inputs(ctx, variables, jax.random.fold_in(key, 1))  # inputs: same key
     gx, gy = x, y
     if cfg.gamma_examples is not None and cfg.gamma_examples < y.shape[0]:
         gi = _stratified(y, cfg.gamma_examples, cfg.seed + 2)
@@ -309,7 +311,10 @@ def measure(ctx: _Context, variables: Mapping, key: jax.Array) -> dict:
         settings={"measure_examples": int(x.shape[0]),
                   "rho_inputs": "clean" if x_adv is x else f"{cfg.eval_attack} (eval attack)"})
     g = {int(r["layer"]): r for r in m.gammas}
-    return {
+    extra = {}
+    if attacked_acc:  # the evaluation attack's accuracy on the measured images: one clean pass over x_adv
+        extra["attacked_acc"] = AttackedAccuracy(ctx.model, None, cfg.eval_batch_size)(variables, x_adv, y, key)
+    return {**extra,
         "rho": {est: [_strip(r) for r in rs] for est, rs in m.rhos.items()},
         "rho_estimator": m.primary,
         "gamma_a": _strip(g[ctx.a]),
@@ -327,11 +332,15 @@ def _strip(d: Mapping) -> dict:
 
 
 def _finish_record(ctx: _Context, t: int, seed: int, baseline: dict, acc_sr: float, history: list[dict],
-                   converged: bool, final_vars: Mapping, key: jax.Array, timing: dict, mode: str) -> dict:
+                   converged: bool, final_vars: Mapping, key: jax.Array, timing: dict, mode: str,
+                   sel: TrialSelection) -> dict:
     acc_star = baseline["acc_star"]
-    accs = [h["adv_acc"] for h in history]
-    acc_tilde = max(accs) if accs else acc_sr
     t_meas = time.perf_counter()
+    measured = None
+    if ctx.config.measure:
+        measured = measure(ctx, final_vars, jax.random.fold_in(key, 0x3EA5), inputs=sel.final_inputs,
+                           attacked_acc=sel.needs_measured_accuracy(len(history)))
+    acc_tilde, extra = sel.acc_tilde(history, acc_sr, (measured or {}).pop("attacked_acc", None))
     rec = {
         "trial": t,
         "seed": seed,
@@ -353,9 +362,9 @@ def _finish_record(ctx: _Context, t: int, seed: int, baseline: dict, acc_sr: flo
         "epochs": len(history),
         "history": history,
         "fa_star_bit_identical": bool(frozen_leaves_equal(ctx.robust, partition._as_dict(final_vars), ctx.fa)),
+        **extra,
     }
-    if ctx.config.measure:
-        rec.update(measure(ctx, final_vars, jax.random.fold_in(key, 0x3EA5)))
+    rec.update(measured or {})
     timing = dict(timing)
     timing["measure_s"] = time.perf_counter() - t_meas
     timing["wall_s"] = timing.get("train_eval_s", 0.0) + timing["measure_s"]
@@ -376,6 +385,8 @@ def run_trial(ctx: _Context, t: int, baseline: dict, *, progress: bool = False) 
     state = ctx.initial_state
     history, epoch_s = [], []
     converged = _reached(acc_sr, thr)
+    ee = ctx.epoch_eval
+    sel = ee.trial(ctx, k_eval, thr)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -387,18 +398,20 @@ def run_trial(ctx: _Context, t: int, baseline: dict, *, progress: bool = False) 
         te = time.perf_counter()
         state, m = train_epoch(state, ctx.step_fn, ctx.train_x, ctx.train_y, jax.random.fold_in(key, 1000 + epoch),
                                batch_size=ctx.tcfg.batch_size, seed=seed, epoch=epoch, progress=False)
-        acc = ctx.evaluator(state.variables, ctx.test_x, ctx.test_y, jax.random.fold_in(k_eval, epoch + 1))
+        acc = sel.epoch_accuracy(epoch + 1, state.variables, jax.random.fold_in(k_eval, epoch + 1),
+                                 jax.random.fold_in(jax.random.fold_in(key, 0x3EA5), 1))  # measure's x_adv key
         epoch += 1
         history.append({"epoch": epoch, "adv_acc": acc, "train_loss": m["loss"], "train_acc": m["acc"]})
+        converged = sel.update(epoch, state.variables, acc, history[-1])
         epoch_s.append(time.perf_counter() - te)
-        converged = _reached(acc, thr)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(acc=f"{acc:.3f}", target=f"{thr:.3f}")
     if bar is not None:
         bar.close()
     timing = {"train_eval_s": time.perf_counter() - t0, "epoch_s": epoch_s}
-    return _finish_record(ctx, t, seed, baseline, acc_sr, history, converged, state.variables, key, timing, "sequential")
+    return _finish_record(ctx, t, seed, baseline, acc_sr, history, converged, state.variables, key, timing, "sequential",
+                          sel)
 
 
 def _stack(tree: Any, r: int) -> Any:
@@ -428,6 +441,8 @@ def run_trials_vmapped(ctx: _Context, trials: Sequence[int], baseline: dict, *, 
     done = [_reached(float(acc_sr[r]), thr) for r in range(R)]
     final: list[Any] = [ctx.glued if done[r] else None for r in range(R)]
     converged = list(done)
+    ee = ctx.epoch_eval
+    sels = [ee.trial(ctx, k_evals[r], thr) for r in range(R)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -452,7 +467,7 @@ def run_trials_vmapped(ctx: _Context, trials: Sequence[int], baseline: dict, *, 
         stacked_vars = {"params": state.params}
         if state.batch_stats:
             stacked_vars["batch_stats"] = state.batch_stats
-        accs = ctx.evaluator.many(stacked_vars, ctx.test_x, ctx.test_y, fold(k_evals, epoch + 1))
+        accs = ctx.evaluator.many(stacked_vars, ee.x, ee.y, fold(k_evals, epoch + 1))
         epoch += 1
         dt = time.perf_counter() - te
         for r in range(R):
@@ -462,8 +477,9 @@ def run_trials_vmapped(ctx: _Context, trials: Sequence[int], baseline: dict, *, 
             histories[r].append({"epoch": epoch, "adv_acc": acc, "train_loss": float(losses[r]),
                                  "train_acc": float(accs_tr[r])})
             epoch_s[r].append(dt)
-            if _reached(acc, thr) or epoch == cfg.max_epochs:
-                converged[r] = _reached(acc, thr)
+            reached = sels[r].update(epoch, lambda r=r: _unstack(stacked_vars, r), acc, histories[r][-1])
+            if reached or epoch == cfg.max_epochs:
+                converged[r] = reached
                 done[r] = True
                 final[r] = _unstack(stacked_vars, r)
         if bar is not None:
@@ -479,7 +495,7 @@ def run_trials_vmapped(ctx: _Context, trials: Sequence[int], baseline: dict, *, 
     for r, t in enumerate(trials):
         timing = {"train_eval_s": train_s / R, "epoch_s": epoch_s[r], "group_train_eval_s": train_s, "group_size": R}
         rec = _finish_record(ctx, t, seeds[r], baseline, float(acc_sr[r]), histories[r], converged[r], final[r],
-                             keys[r], timing, "vmap")
+                             keys[r], timing, "vmap", sels[r])
         if on_record is not None:
             on_record(t, rec)
         records.append(rec)
@@ -516,14 +532,14 @@ def algorithm1(
     if rd is not None:
         rd.save("settings", {"config": config.to_dict(), "n": ctx.n, "a": ctx.a, "fa": ctx.fa, "fb": ctx.fb,
                              "n_train": int(ctx.train_x.shape[0]), "n_test": int(ctx.test_x.shape[0])})
-        baseline = rd.cached("baseline", lambda: _baseline(ctx))
+        baseline = rd.cached("baseline", lambda: shared_baseline(ctx, lambda: _baseline(ctx)))
         initial = rd.cached("initial", lambda: initial_measure(ctx)) if config.measure else None
         pending = rd.pending(config.trials)
         have = {i: rd.load_trial(i) for i in range(config.trials) if i not in pending}
     else:
         import json
 
-        baseline = json.loads(canonical_json(_baseline(ctx)))
+        baseline = json.loads(canonical_json(shared_baseline(ctx, lambda: _baseline(ctx))))
         initial = json.loads(canonical_json(initial_measure(ctx))) if config.measure else None
         pending = list(range(config.trials))
         have = {}
