@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conftest import TEST_XLA_FLAGS
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "sharding_checks.py"
 
@@ -27,7 +29,7 @@ def _start(process_id: int, num_processes: int, devices: int, port: int, out: Pa
     env = dict(os.environ)
     env.update(JSEMI_TEST_DEVICES=str(devices), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    env.pop("XLA_FLAGS", None)  # sharding_checks sets the device count itself
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS  # no outer device count: sharding_checks appends its own
     return subprocess.Popen([sys.executable, str(SCRIPT), "multihost", str(process_id), str(num_processes), str(port),
                              str(out)], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

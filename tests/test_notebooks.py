@@ -24,6 +24,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import TEST_XLA_FLAGS
+
 ROOT = Path(__file__).resolve().parents[1]
 COLAB = ROOT / "colab"
 
@@ -77,7 +79,7 @@ def _kernel_env(tmp: Path, monkeypatch) -> str:
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", TEST_XLA_FLAGS)  # the suite's compile-time flags only (tests/conftest.py)
     return "jsemi-test"
 
 

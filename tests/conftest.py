@@ -1,0 +1,28 @@
+"""Session set-up for the test suite (issue 13, item 2: ``make test`` under 8 CPU minutes).
+
+XLA flags, for the tests only (jsemi itself sets none): on XLA:CPU the backend compile
+dominates a small test, and LLVM's -O3 pipeline is most of it.  ``-O1`` keeps XLA's own HLO
+optimisations (fusion etc.) and only lowers LLVM's effort.  Measured on the 2-core CPU VM,
+2026-11-29, JAX 0.10.2, under load (CPU seconds = user + sys):
+
+- SmallCNN ``init_model`` (one compile): 5.0 -> 1.6 CPU-s; PGD-10 on 64 images, first call
+  (compile + run) 4.8 -> 3.9; a PGD-40 call on 256 images, compiled, 11.1 -> 8.7 (run time
+  is not worse at -O1);
+- tests/test_evaluation.py + tests/test_robust_training.py: 88.4 -> 67.9 CPU-s (-23 %).
+  ``-O2`` gave the same (67.4); ``-O0`` compiled faster but ran PGD 4x slower (88.0 in
+  total); ``--xla_llvm_disable_expensive_passes`` alone changed nothing (90.6).
+
+The flags are appended to any XLA_FLAGS already set, before JAX is imported by any test
+module, and subprocesses (the CLI, the sharding and multi-host workers, notebook kernels)
+inherit them.  Tolerances are the same as without the flags.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: what the suite adds to XLA_FLAGS (also for subprocesses that build their own environment)
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
+
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
