@@ -25,12 +25,25 @@ TOL = 1e-6  # float32 rounding allowance for ||x_adv - x|| <= eps
 
 
 # ------------------------------------------------------------------------------ helpers
+_LINEAR: dict = {}
+
+
 def linear_model(key, shape=(4, 4, 1), k=2, scale=1.0, shift=0.0):
-    d = int(np.prod(shape))
-    kw, kb = jax.random.split(key)
-    w = jax.random.normal(kw, (d, k)) * scale
-    b = jax.random.normal(kb, (k,)) * 0.1
-    return (lambda x: x.reshape(x.shape[0], -1) @ w + b + shift), w, b
+    """(f, w, b); cached, so equal arguments give the same function object and the attacks
+    reuse their compiled code across tests (a closure keys jit's cache by identity)."""
+    cache_key = (np.asarray(jax.random.key_data(key)).tobytes(), tuple(shape), k, scale, shift)
+    if cache_key not in _LINEAR:
+        d = int(np.prod(shape))
+        kw, kb = jax.random.split(key)
+        w = jax.random.normal(kw, (d, k)) * scale
+        b = jax.random.normal(kb, (k,)) * 0.1
+        _LINEAR[cache_key] = (lambda x: x.reshape(x.shape[0], -1) @ w + b + shift), w, b
+    return _LINEAR[cache_key]
+
+
+# the model and batch of test_every_attack_respects_ball_box_and_is_deterministic; tests that
+# loop over every attack use them too, so the attacks compile once for all of them
+MULTI = dict(shape=(4, 4, 3), k=4, scale=0.5)
 
 
 def interior_inputs(key, n, shape=(4, 4, 1)):
@@ -57,7 +70,9 @@ ALL = {
     "apgd-t": lambda f, x, y, k, th: apgd_t(f, x, y, k, th, n_iter=5, n_targets=2),
     "fab-t": lambda f, x, y, k, th: fab_t(f, x, y, k, th, n_iter=5, n_targets=2),
     "square": lambda f, x, y, k, th: square(f, x, y, k, th, n_queries=20),
-    "autoattack": lambda f, x, y, k, th: autoattack(f, x, y, k, th, n_iter=3, n_targets=2, n_queries=10),
+    # the members' settings equal the single attacks' above: on a 5-point batch AutoAttack's
+    # remaining-points bucket is the batch itself, so it reuses their compiled code
+    "autoattack": lambda f, x, y, k, th: autoattack(f, x, y, k, th, n_iter=5, n_targets=2, n_queries=20),
 }
 
 
@@ -278,7 +293,7 @@ def test_apgd_checkpoint_schedule_matches_paper():
 def test_every_attack_respects_ball_box_and_is_deterministic(name, norm):
     if name == "square" and norm == "l2":
         pytest.skip("square is L-inf only")
-    f, _, _ = linear_model(jax.random.key(0), shape=(4, 4, 3), k=4, scale=0.5)
+    f, _, _ = linear_model(jax.random.key(0), **MULTI)
     x = jax.random.uniform(jax.random.key(1), (5, 4, 4, 3))
     y = jnp.array([0, 1, 2, 3, 0], jnp.int32)
     th = LinfBall(0.1) if norm == "linf" else L2Ball(0.3)
@@ -333,11 +348,11 @@ def test_few_classes(k):
 
 # ------------------------------------------------------------- all misclassified batch
 def test_all_misclassified_batch():
-    f, _, _ = linear_model(jax.random.key(0), k=3)
-    x = interior_inputs(jax.random.key(1), 5)
-    wrong = (jnp.argmax(f(x), 1) + 1) % 3
+    f, _, _ = linear_model(jax.random.key(0), **MULTI)
+    x = interior_inputs(jax.random.key(1), 5, shape=MULTI["shape"])
+    wrong = (jnp.argmax(f(x), 1) + 1) % MULTI["k"]
     th = LinfBall(0.05)
-    xa, info = autoattack(f, x, wrong, jax.random.key(0), th, n_iter=3, n_queries=10, return_info=True)
+    xa, info = autoattack(f, x, wrong, jax.random.key(0), th, n_iter=5, n_targets=2, n_queries=20, return_info=True)
     np.testing.assert_array_equal(np.asarray(xa), np.asarray(x))
     assert info["clean_acc"] == 0.0 and info["robust_acc"] == 0.0
     assert all(v == 0.0 for v in info["robust_acc_after"].values())
@@ -348,13 +363,16 @@ def test_all_misclassified_batch():
 
 # --------------------------------------------------------------------- registry
 def test_registry_builds_every_name():
-    f, _, _ = linear_model(jax.random.key(0), k=3)
-    x = interior_inputs(jax.random.key(1), 3)
+    # ALL's model, batch size and settings: the registry's attacks reuse the compiled code of
+    # test_every_attack_respects_ball_box_and_is_deterministic (threats are pytrees: eps is an argument)
+    f, _, _ = linear_model(jax.random.key(0), **MULTI)
+    x = interior_inputs(jax.random.key(1), 5, shape=MULTI["shape"])
     y = jnp.argmax(f(x), 1)
-    fast = {"ifgsm": dict(steps=2), "pgd": dict(steps=2), "pgd-l2": dict(steps=2), "cw": dict(steps=2),
-            "apgd-ce": dict(n_iter=2), "apgd-dlr": dict(n_iter=2), "apgd-t": dict(n_iter=2), "fab-t": dict(n_iter=2),
-            "square": dict(n_queries=5), "autoattack": dict(n_iter=2, n_queries=5),
-            "autoattack-rand": dict(n_iter=2), "autoattack-custom": dict(attacks=["fgsm", "apgd-ce"], n_iter=2)}
+    fast = {"ifgsm": dict(steps=3), "pgd": dict(steps=3, restarts=2), "pgd-l2": dict(steps=3, restarts=2),
+            "cw": dict(steps=5, lr=0.1), "apgd-ce": dict(n_iter=5), "apgd-dlr": dict(n_iter=5),
+            "apgd-t": dict(n_iter=5, n_targets=2), "fab-t": dict(n_iter=5, n_targets=2), "square": dict(n_queries=20),
+            "autoattack": dict(n_iter=5, n_targets=2, n_queries=20), "autoattack-rand": dict(n_iter=5),
+            "autoattack-custom": dict(attacks=["fgsm", "apgd-ce"], n_iter=5)}
     for name in ATTACK_NAMES:
         th = default_threat(name, 0.1)
         atk = get_attack(name, th, **fast.get(name, {}))
@@ -407,18 +425,19 @@ def trained_cnn():
 
 
 def test_batchnorm_stays_in_inference_mode(trained_cnn):
+    # AutoAttack on this BatchNorm model (variables unchanged, constraints) is checked in
+    # test_autoattack_at_most_pgd_and_worst_case_per_point: one AutoAttack compilation for both
     model, variables, f, x, y = trained_cnn
     before = jax.tree_util.tree_map(np.array, variables)
     th = LinfBall(0.1)
     xa = pgd(f, x[:16], y[:16], jax.random.key(0), th, steps=3, keep_best=False)
-    xa_aa = autoattack(f, x[:16], y[:16], jax.random.key(0), th, n_iter=3, n_targets=2, n_queries=10)
     jax.tree_util.tree_map(np.testing.assert_array_equal, before, jax.tree_util.tree_map(np.array, variables))
     # per-example independence: attacking a single example alone gives the same result
     # (batch statistics would couple the examples)
     for i in (0, 5):
         one = fgsm(f, x[i : i + 1], y[i : i + 1], jax.random.key(0), th)
         np.testing.assert_allclose(np.asarray(one[0]), np.asarray(fgsm(f, x[:16], y[:16], jax.random.key(0), th)[i]), atol=1e-6)
-    check_constraints(th, xa_aa, x[:16])
+    check_constraints(th, xa, x[:16])
     assert xa.shape == x[:16].shape
 
 
@@ -466,11 +485,16 @@ def test_robust_accuracy_non_increasing_in_eps_and_zero_at_large_eps(trained_cnn
 
 
 def test_autoattack_at_most_pgd_and_worst_case_per_point(trained_cnn):
-    _, _, f, x, y = trained_cnn
+    # 16 points: every remaining-points subset pads to one bucket (one compilation per member)
+    _, variables, f, x, y = trained_cnn
+    before = jax.tree_util.tree_map(np.array, variables)
     th = LinfBall(0.05)
-    x, y = x[:48], y[:48]
-    acc_pgd = robust_accuracy(f, x, y, jax.random.key(1), get_attack("pgd", th, steps=10), batch_size=48)
+    x, y = x[:16], y[:16]
+    acc_pgd = robust_accuracy(f, x, y, jax.random.key(1), get_attack("pgd", th, steps=10), batch_size=16)
     xa, info = autoattack(f, x, y, jax.random.key(1), th, n_iter=10, n_targets=3, n_queries=100, return_info=True)
+    # BatchNorm model: the variables are untouched and the result stays in the ball and the box
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, jax.tree_util.tree_map(np.array, variables))
+    check_constraints(th, xa, x)
     assert info["robust_acc"] <= acc_pgd
     after = list(info["robust_acc_after"].values())
     assert np.all(np.diff(after) <= 0) and after[-1] == info["robust_acc"]
