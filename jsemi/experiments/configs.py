@@ -198,10 +198,15 @@ PAPER: dict[str, Experiment] = {
 
 # Fashion-MNIST, SmallCNN (7 weight layers), L-inf eps 0.1.  Sized by measurement on the
 # 2-core machine (see jsemi.experiments.demo and its REPORT.md for the wall times).
+# Pretraining epochs (issue 13, measured 2026-11-29 on the 20,000-image subset): the normal net's clean
+# accuracy on the 2,000 evaluation images is 86.75% after 1 epoch, 86.80% after 2; the robust net after 2
+# PGD-3 epochs has PGD-10 accuracy 63.4% on Algorithm 1's 1,000 images (Acc*) and PGD-20 64.55% on the
+# 2,000 (3 epochs: 64.1% and 66.1%), clean 75.1% (3 epochs: 78.85%); 3 epochs on a 10,000-image subset lost
+# more robust accuracy (61.0% / 60.9%).
 CPU_NORMAL = TrainConfig(mode="standard", optimizer="adam", lr=1e-3, weight_decay=0.0, lr_schedule="constant",
-                         epochs=2, batch_size=128, eps=0.1, attack_steps=3, attack_step_size=0.05,
+                         epochs=1, batch_size=128, eps=0.1, attack_steps=3, attack_step_size=0.05,
                          augment=False, flip=False)
-CPU_ROBUST = dataclasses.replace(CPU_NORMAL, mode="pgd", epochs=3)
+CPU_ROBUST = dataclasses.replace(CPU_NORMAL, mode="pgd", epochs=2)
 CPU_FINETUNE = dataclasses.replace(CPU_ROBUST, epochs=4)
 
 CPU_ATTACKS: dict[str, dict] = {
@@ -220,7 +225,7 @@ CPU = Experiment(
         measure=True, measure_examples=1000, gamma_examples=500, probe_examples=1000, rho_estimators=("gaussian", "edge"),
         rho_settings={"gaussian": {"permutations": 99, "reduce_dim": 16}, "edge": {"permutations": 20}},
         gamma_attack="pgd", gamma_attack_settings={"steps": 10, "restarts": 1, "loss": "margin"},
-        vmap=1, net="SmallCNN", dataset="Fashion-MNIST",
+        vmap=1, net="SmallCNN", dataset="Fashion-MNIST", epoch_eval_examples=500,
     ),
     fb_values=(2, 4),
     k_values=(0.0, 2.0, 5.0),
@@ -233,12 +238,15 @@ CPU = Experiment(
     notes=(
         "Fashion-MNIST with the 7-layer SmallCNN instead of CIFAR/Tiny ImageNet nets; L-inf eps 0.1 (pixel units).",
         "Pretraining: Adam lr 1e-3 (constant), batch 128, no augmentation, on a 20,000-image stratified training "
-        "subset; 2 normal epochs, 3 PGD-3 epochs (step 0.05) for the robust net. The paper uses SGD for 120 epochs "
+        "subset; 1 normal epoch, 2 PGD-3 epochs (step 0.05) for the robust net. The paper uses SGD for 120 epochs "
         "with PGD-10.",
         "Fine-tuning fb: PGD-3 adversarial training with Adam lr 1e-3 on a 4,096-image stratified training subset per "
         "epoch, at most E = 4 epochs (paper: PGD-10, E = 10).",
-        "Attacked accuracies (Acc, Acc*, Acc_sr, per epoch) on 1,000 stratified test images with PGD-10 "
-        "(eps 0.1, step 0.025, random start).",
+        "Attacked accuracies (Acc, Acc*, Acc_sr, Acc~) on 1,000 stratified test images with PGD-10 "
+        "(eps 0.1, step 0.025, random start). Each fine-tuning epoch is screened on 500 of them "
+        "(epoch_eval_examples): a trial stops only when the 1,000 confirm Acc >= Acc* - k, and Acc~ is the "
+        "1,000-image accuracy of the selected epoch (the per-epoch curve shows the 500-image screen; the last "
+        "epoch's 1,000-image value comes from the rho measurement's attacked inputs).",
         "3 trials per row (paper: 10). # fb in {2, 4} of n = 7 (paper: 4, 8, 12 of 16 to 50).",
         "rho on 1,000 PGD-10-attacked test images (100 per class): the bias-corrected Gaussian estimator on a "
         "16-dim within-class PCA (primary, chosen by docs/calibration.md; 99-permutation within-class null, so p >= "

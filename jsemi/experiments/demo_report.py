@@ -26,6 +26,15 @@ def _theorem2_table(trials: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _epoch_eval_note(exp: Experiment) -> str:
+    m = exp.alg1.epoch_eval_examples
+    if m is None:
+        return ""
+    return (f" Each fine-tuning epoch is screened on {m} of the test images (the per-epoch accuracies under "
+            "Trials); a trial stops only when the whole evaluation set confirms the threshold, and Acc~ is the "
+            "whole set's accuracy of the selected epoch (`jsemi.alg1_epochs`).")
+
+
 def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bounds, s1, stages: Stages,
                  info: dict, dirs: list) -> Path:
     from jsemi import report
@@ -71,7 +80,7 @@ def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bou
         "Diff = Acc~ - Acc*. # Epochs: mean over the trials that reached Acc* - k ('-' if none did). "
         "rho columns (bits, estimator "
         f"`{rows[0]['estimator']}`): the paper's rule, lowest rho among converged trials, else the largest over all "
-        "trials; rho_j is the pair (j-1, j), n = 7.",
+        "trials; rho_j is the pair (j-1, j), n = 7." + _epoch_eval_note(exp),
         "",
         "## Claim-by-claim check of the paper's qualitative results",
         "",
