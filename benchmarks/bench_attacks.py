@@ -71,7 +71,13 @@ def load_data():
 
 
 # ------------------------------------------------------------------------------ model
-def train_or_load(xtr, ytr, tag):
+def train_or_load(xtr, ytr, tag, adv_eps: float = 0.0):
+    """SmallCNN trained 2 epochs (Adam) on up to 30,000 images, cached as _out/smallcnn_<tag>.npz.
+
+    ``adv_eps`` > 0: adversarial training instead (L-inf PGD-3 at that radius, step
+    adv_eps / 2, random start; batch statistics of the batch during the attack), cached as
+    _out/smallcnn_<tag>_pgd<eps*255>.npz: a model whose attacked outcome depends on the start.
+    """
     import jax
     import jax.numpy as jnp
     import optax
@@ -79,7 +85,8 @@ def train_or_load(xtr, ytr, tag):
     from jsemi.models import SmallCNN
 
     model = SmallCNN(num_classes=10)
-    path = os.path.join(OUT, f"smallcnn_{tag}.npz")
+    suffix = f"_pgd{adv_eps * 255:g}" if adv_eps > 0 else ""
+    path = os.path.join(OUT, f"smallcnn_{tag}{suffix}.npz")
     v0 = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
     flat0, treedef = jax.tree_util.tree_flatten({"params": v0["params"], "batch_stats": v0["batch_stats"]})
     if os.path.exists(path):
@@ -89,8 +96,22 @@ def train_or_load(xtr, ytr, tag):
     params, bs = v0["params"], v0["batch_stats"]
     opt = tx.init(params)
 
+    def adversarial(params, bs, xb, yb, key):
+        def ce(x):
+            logits, _ = model.apply({"params": params, "batch_stats": bs}, x, train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).sum()
+
+        x = jnp.clip(xb + jax.random.uniform(key, xb.shape, minval=-adv_eps, maxval=adv_eps), 0.0, 1.0)
+        for _ in range(3):
+            x = x + (adv_eps / 2) * jnp.sign(jax.grad(ce)(x))
+            x = jnp.clip(jnp.clip(x, xb - adv_eps, xb + adv_eps), 0.0, 1.0)
+        return jax.lax.stop_gradient(x)
+
     @jax.jit
-    def step(params, bs, opt, xb, yb):
+    def step(params, bs, opt, xb, yb, key):
+        if adv_eps > 0:
+            xb = adversarial(params, bs, xb, yb, key)
+
         def loss(p):
             logits, new = model.apply({"params": p, "batch_stats": bs}, xb, train=True, mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), new["batch_stats"]
@@ -105,7 +126,7 @@ def train_or_load(xtr, ytr, tag):
         order = rng.permutation(len(ytr))[:n]
         for s in range(0, n - 127, 128):
             idx = order[s : s + 128]
-            params, bs, opt = step(params, bs, opt, xtr[idx], ytr[idx])
+            params, bs, opt = step(params, bs, opt, xtr[idx], ytr[idx], jax.random.fold_in(jax.random.key(1), s + epoch * n))
     variables = {"params": params, "batch_stats": bs}
     os.makedirs(OUT, exist_ok=True)
     np.savez(path, **{f"a{i}": np.asarray(a) for i, a in enumerate(jax.tree_util.tree_leaves(variables))})

@@ -15,6 +15,10 @@ Attacks (``--only``), each configured as inside AutoAttack "standard" (L-inf):
   APGD-CE has 1 restart, 9 targets for APGD-T / FAB-T, Square 5,000 queries with
   ``resc_schedule=False``; jsemi: ``autoattack(version="custom", attacks=[name])``);
 - ``standard``: the whole composition in both;
+- ``apgd-ce-custom``: jsemi's APGD-CE (1 restart, as in "standard") against the original
+  called the way its README shows for a single attack, ``AutoAttack(version="custom",
+  attacks_to_run=["apgd-ce"])``: that keeps the constructor's ``n_restarts=5``, so this pair
+  measures what a 1-vs-5-restart configuration difference looks like;
 - ``apgd-ce-same-init``: APGD-CE from the same random start in both (jsemi's start, fed to
   the original's ``attack_single_run(x, y, x_init)``), so every per-point difference comes from
   the iteration, not from the random draws (float rounding of near-zero gradient entries
@@ -46,7 +50,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-ATTACKS = ("apgd-ce", "apgd-ce-same-init", "apgd-t", "fab-t", "square", "standard")
+ATTACKS = ("apgd-ce", "apgd-ce-same-init", "apgd-ce-custom", "apgd-t", "fab-t", "square", "standard")
 
 
 def import_original(path):
@@ -70,9 +74,13 @@ def original_robust(AutoAttack, tm, x_t, y_t, eps, seed, name):
     """Robust flags (B,) of the original: the composition "standard", or one of its attacks."""
     import torch
 
-    aa = AutoAttack(tm, norm="Linf", eps=eps, seed=seed, version="standard", device="cpu", verbose=False)
-    if name != "standard":
-        aa.attacks_to_run = [name]
+    if name == "apgd-ce-custom":  # a user's single-attack call: the constructor's defaults (APGD 5 restarts)
+        aa = AutoAttack(tm, norm="Linf", eps=eps, seed=seed, version="custom", attacks_to_run=["apgd-ce"],
+                        device="cpu", verbose=False)
+    else:
+        aa = AutoAttack(tm, norm="Linf", eps=eps, seed=seed, version="standard", device="cpu", verbose=False)
+        if name != "standard":
+            aa.attacks_to_run = [name]
     xa = aa.run_standard_evaluation(x_t, y_t, bs=len(y_t))
     with torch.no_grad():
         return (tm(xa).argmax(1) == y_t).numpy()
@@ -121,8 +129,11 @@ def main(argv=None):
     ap.add_argument("--eps", type=float, default=6.0, help="L-inf radius in 1/255 units")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--only", default="apgd-ce", help="comma list of: " + ",".join(ATTACKS))
+    ap.add_argument("--adv-eps", type=float, default=0.0,
+                    help="attack an adversarially trained SmallCNN (PGD-3 at this L-inf radius, 1/255 units) "
+                         "instead of the standard one; default JSON _out/bench_fidelity_pgd<eps>.json")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (jsemi: XLA's default)")
-    ap.add_argument("--json", default=os.path.join(HERE, "_out", "bench_fidelity.json"))
+    ap.add_argument("--json", default=None, help="results JSON (default _out/bench_fidelity[_pgd<eps>].json)")
     ap.add_argument("--markdown", metavar="JSON", help="only print the RESULTS.md table of a results JSON")
     args = ap.parse_args(argv)
     if args.markdown:
@@ -135,6 +146,11 @@ def main(argv=None):
     if bad:
         ap.error(f"unknown attack(s) {bad}; known: {ATTACKS}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.adv_eps < 0:
+        ap.error(f"--adv-eps must be >= 0, got {args.adv_eps}")
+    if args.json is None:
+        args.json = os.path.join(HERE, "_out", "bench_fidelity" + (f"_pgd{args.adv_eps:g}" if args.adv_eps else "")
+                                 + ".json")
     AutoAttack, APGDAttack = import_original(args.autoattack_path)
 
     import jax
@@ -149,7 +165,8 @@ def main(argv=None):
 
     source, xtr, ytr, xte, yte = BA.load_data()
     tag = "fmnist" if source.startswith("Fashion") else "digits"
-    model, variables = BA.train_or_load(xtr, ytr, tag)
+    model, variables = BA.train_or_load(xtr, ytr, tag, adv_eps=args.adv_eps / 255)
+    model_label = f"SmallCNN, PGD-3 adversarial training at {args.adv_eps:g}/255" if args.adv_eps else "SmallCNN, standard training"
     f = bind(model, variables)
     tm = BA.torch_model(variables)
     x, y = xte[: args.n], yte[: args.n]
@@ -169,10 +186,11 @@ def main(argv=None):
     if os.path.exists(args.json):
         with open(args.json) as fh:
             results = json.load(fh)
-        if (results.get("n"), results.get("eps_255"), results.get("data")) != (len(y), args.eps, source):
-            raise SystemExit(f"{args.json} holds another setting (n, eps, data); pass another --json")
+        if (results.get("n"), results.get("eps_255"), results.get("data"), results.get("model", model_label)) != (
+                len(y), args.eps, source, model_label):
+            raise SystemExit(f"{args.json} holds another setting (n, eps, data, model); pass another --json")
     results.update({
-        "n": len(y), "eps_255": args.eps, "data": source, "clean_acc": float(clean.mean()), "logit_max_abs_diff": max_diff,
+        "n": len(y), "eps_255": args.eps, "data": source, "model": model_label, "clean_acc": float(clean.mean()), "logit_max_abs_diff": max_diff,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}", "torch_threads": args.threads,
         "versions": {"jax": jax.__version__, "torch": torch.__version__},
         "original": original_version(args.autoattack_path),
@@ -192,9 +210,10 @@ def main(argv=None):
                 rob_j, rob_t = same_init_apgd(APGDAttack, tm, f, x, y, eps, seed, clean)
                 tj = tt = None
             else:
+                jname = "apgd-ce" if name == "apgd-ce-custom" else name
                 _, info = A.autoattack(f, jnp.asarray(x), jnp.asarray(y), jax.random.key(seed), th,
                                        version="standard" if name == "standard" else "custom",
-                                       attacks=None if name == "standard" else [name], return_info=True)
+                                       attacks=None if name == "standard" else [jname], return_info=True)
                 rob_j = np.asarray(info["robust"])
                 tj = time.perf_counter() - t0
                 t1 = time.perf_counter()
@@ -228,7 +247,7 @@ def markdown(path):
     with open(path) as fh:
         r = json.load(fh)
     lines = [
-        f"Data: {r['data']}, first {r['n']} images (clean accuracy {100 * r['clean_acc']:.1f}%), L-inf eps = "
+        f"Model: {r.get('model', 'SmallCNN, standard training')}. Data: {r['data']}, first {r['n']} images (clean accuracy {100 * r['clean_acc']:.1f}%), L-inf eps = "
         f"{r['eps_255']:g}/255; torch vs Flax logits max |diff| {r['logit_max_abs_diff']:.1e}; {r['machine']}; "
         f"jax {r['versions']['jax']}, torch {r['versions']['torch']}; original AutoAttack {r['original']}.",
         "",
