@@ -7,7 +7,6 @@ Tiny settings (as test_algorithms): a narrow 7-layer SmallCNN on synthetic 28x28
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import jax
@@ -17,14 +16,8 @@ import pytest
 from jsemi import algorithms as A
 from jsemi import alg1_epochs as E
 from jsemi.data import load_dataset
-from jsemi.models import get_model, init_model
 from jsemi.runs import config_hash
-from jsemi.train import TrainConfig
-
-EPS = 0.02
-FT = TrainConfig(mode="pgd", optimizer="sgd", lr=0.05, weight_decay=5e-4, lr_schedule="constant", epochs=2,
-                 batch_size=64, eps=EPS, attack_steps=2, attack_step_size=EPS / 2, augment=False, flip=False)
-
+from test_algorithms import cfg, make_nets, strip_timing  # the same tiny nets and settings
 
 @pytest.fixture(scope="module")
 def data():
@@ -34,30 +27,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def nets(data):
-    from jsemi.train import create_train_state
-    from jsemi.training_modes import make_train_step, train_epoch
-
-    tr = data[0]
-    model = get_model("small_cnn", widths=(4, 4, 8, 8, 8), hidden=16)
-    normal = init_model(model, jax.random.PRNGKey(0), (28, 28, 1))
-    robust = init_model(model, jax.random.PRNGKey(1), (28, 28, 1))
-    tc = dataclasses.replace(FT, optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=4)
-    st = create_train_state(robust, tc, steps_per_epoch=4)
-    step = make_train_step(model, tc)
-    for e in range(4):
-        st, _ = train_epoch(st, step, tr.images, tr.labels, jax.random.PRNGKey(e), batch_size=64, seed=0, epoch=e)
-    return model, normal, jax.tree_util.tree_map(np.asarray, st.variables)
-
-
-def cfg(**kw) -> A.Alg1Config:
-    base = dict(num_fb=2, k=0.0, max_epochs=2, trials=3, seed=5, finetune=FT, eps=EPS, eval_attack="pgd",
-                eval_attack_settings={"steps": 2}, eval_batch_size=64, measure=False)
-    base.update(kw)
-    return A.Alg1Config(**base)
-
-
-def strip_timing(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k != "timing"}
+    return make_nets(data[0])
 
 
 def test_default_is_omitted_so_existing_hashes_hold():
