@@ -11,7 +11,10 @@ the same architecture, and a split point a (or "# fb" = n - a):
 
    - glue (fa*, fb): fa* from the robust network, fb from the normal one, for every
      collection (params AND BatchNorm statistics);
-   - ``Acc_sr`` = attacked test accuracy of the glued network before any training;
+   - ``Acc_sr`` = attacked test accuracy of the glued network before any training.  The
+     glued network is the same in every trial, so it is measured once per run
+     (``glued_accuracy``, ``RUN/acc_sr.json``; from the initial rho measurement's attacked
+     inputs when they cover the test set) and every record carries it;
    - fine-tune fb only, adversarially (``config.finetune``, a ``TrainConfig``; the
      paper uses PGD-10 training).  fa* is frozen: ``create_train_state`` with
      ``trainable_layers`` = fb, so fa*'s weights get no update and no weight decay and
@@ -278,14 +281,36 @@ def _rhos(ctx: _Context, variables: Mapping, x_adv: np.ndarray, y: np.ndarray, k
 def initial_measure(ctx: _Context) -> dict:
     """rho (primary estimator only) of the glued (fa*, fb) network before any fine-tuning (once
     per run; the network is the same for every trial), for "fine-tuning raises rho"
-    (PAPER_NOTES section 7)."""
+    (PAPER_NOTES section 7).  When the measurement covers the test set, its attacked inputs
+    also give Acc_sr (``acc_sr``: the evaluation attack on the same images; see ``glued_accuracy``)."""
     t0 = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), 0x1417)
     k_adv, k_rho = jax.random.split(key)
     _, x_adv, y = _measure_inputs(ctx, ctx.glued, k_adv)
     primary = ctx.config.rho_estimators[0]
-    return {"rho": _rhos(ctx, ctx.glued, x_adv, y, k_rho, [primary]), "rho_estimator": primary,
-            "measure_examples": int(y.shape[0]), "seconds": time.perf_counter() - t0}
+    out = {"rho": _rhos(ctx, ctx.glued, x_adv, y, k_rho, [primary]), "rho_estimator": primary,
+           "measure_examples": int(y.shape[0])}
+    if ctx.epoch_eval.measure_covers_test:
+        out["acc_sr"] = AttackedAccuracy(ctx.model, None, ctx.config.eval_batch_size)(ctx.glued, x_adv, y, k_adv)
+    return {**out, "seconds": time.perf_counter() - t0}
+
+
+def glued_accuracy(ctx: _Context, initial: Mapping | None) -> dict:
+    """Acc_sr: the attacked test accuracy of the glued (fa*, fb) network before fine-tuning.
+
+    Every trial starts from the same glued network (PAPER_NOTES section 4, step 3), so Acc_sr
+    is measured once per run and every trial's record carries it: read from the initial
+    measurement's attacked inputs when they are the evaluation attack on the whole test set
+    (``initial["acc_sr"]``), else one run of the evaluation attack on the test set.
+    Returns {"acc_sr", "source", "seconds"}.
+    """
+    if initial is not None and initial.get("acc_sr") is not None:
+        return {"acc_sr": float(initial["acc_sr"]), "seconds": 0.0,
+                "source": "the initial measurement's attacked inputs (evaluation attack, whole test set)"}
+    t0 = time.perf_counter()
+    key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), 0x5A5A)
+    return {"acc_sr": ctx.evaluator(ctx.glued, ctx.test_x, ctx.test_y, key),
+            "source": "evaluation attack on the whole test set", "seconds": time.perf_counter() - t0}
 
 
 def measure(ctx: _Context, variables: Mapping, key: jax.Array, *, attacked_acc: bool = False,
@@ -372,16 +397,15 @@ def _finish_record(ctx: _Context, t: int, seed: int, baseline: dict, acc_sr: flo
     return rec
 
 
-def run_trial(ctx: _Context, t: int, baseline: dict, *, progress: bool = False) -> dict:
-    """Trial ``t`` sequentially: glue, Acc_sr, fine-tune fb until Acc* - k or E epochs, measure."""
+def run_trial(ctx: _Context, t: int, baseline: dict, acc_sr: float, *, progress: bool = False) -> dict:
+    """Trial ``t`` sequentially from the glued network (attacked accuracy ``acc_sr``, see
+    ``glued_accuracy``): fine-tune fb until Acc* - k or E epochs, measure."""
     cfg = ctx.config
     seed = trial_seed(cfg.seed, t)
     key = jax.random.PRNGKey(seed)
     k_eval = jax.random.fold_in(key, 0xE7A1)
     thr = ctx.threshold(baseline["acc_star"])
     t0 = time.perf_counter()
-    glued = ctx.glued
-    acc_sr = ctx.evaluator(glued, ctx.test_x, ctx.test_y, jax.random.fold_in(k_eval, 0))
     state = ctx.initial_state
     history, epoch_s = [], []
     converged = _reached(acc_sr, thr)
@@ -422,9 +446,10 @@ def _unstack(tree: Any, i: int) -> Any:
     return jax.tree_util.tree_map(lambda v: np.asarray(v[i]), tree)
 
 
-def run_trials_vmapped(ctx: _Context, trials: Sequence[int], baseline: dict, *, progress: bool = False,
-                       on_record: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Trials ``trials`` trained at once (fb replicas stacked, ``jax.vmap`` over the train step)."""
+def run_trials_vmapped(ctx: _Context, trials: Sequence[int], baseline: dict, acc_sr: float, *,
+                       progress: bool = False, on_record: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Trials ``trials`` trained at once (fb replicas stacked, ``jax.vmap`` over the train step),
+    each from the glued network (attacked accuracy ``acc_sr``, see ``glued_accuracy``)."""
     cfg = ctx.config
     R = len(trials)
     seeds = [trial_seed(cfg.seed, t) for t in trials]
@@ -433,12 +458,10 @@ def run_trials_vmapped(ctx: _Context, trials: Sequence[int], baseline: dict, *, 
     thr = ctx.threshold(baseline["acc_star"])
     t0 = time.perf_counter()
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-    glued_stack = _stack(ctx.glued, R)
-    acc_sr = ctx.evaluator.many(glued_stack, ctx.test_x, ctx.test_y, fold(k_evals, 0))
     state = _stack(ctx.initial_state, R)
     histories: list[list[dict]] = [[] for _ in range(R)]
     epoch_s: list[list[float]] = [[] for _ in range(R)]
-    done = [_reached(float(acc_sr[r]), thr) for r in range(R)]
+    done = [_reached(acc_sr, thr)] * R
     final: list[Any] = [ctx.glued if done[r] else None for r in range(R)]
     converged = list(done)
     ee = ctx.epoch_eval
@@ -494,7 +517,7 @@ def run_trials_vmapped(ctx: _Context, trials: Sequence[int], baseline: dict, *, 
     records = []
     for r, t in enumerate(trials):
         timing = {"train_eval_s": train_s / R, "epoch_s": epoch_s[r], "group_train_eval_s": train_s, "group_size": R}
-        rec = _finish_record(ctx, t, seeds[r], baseline, float(acc_sr[r]), histories[r], converged[r], final[r],
+        rec = _finish_record(ctx, t, seeds[r], baseline, acc_sr, histories[r], converged[r], final[r],
                              keys[r], timing, "vmap", sels[r])
         if on_record is not None:
             on_record(t, rec)
@@ -534,6 +557,7 @@ def algorithm1(
                              "n_train": int(ctx.train_x.shape[0]), "n_test": int(ctx.test_x.shape[0])})
         baseline = rd.cached("baseline", lambda: shared_baseline(ctx, lambda: _baseline(ctx)))
         initial = rd.cached("initial", lambda: initial_measure(ctx)) if config.measure else None
+        glued = rd.cached("acc_sr", lambda: glued_accuracy(ctx, initial))
         pending = rd.pending(config.trials)
         have = {i: rd.load_trial(i) for i in range(config.trials) if i not in pending}
     else:
@@ -541,10 +565,11 @@ def algorithm1(
 
         baseline = json.loads(canonical_json(shared_baseline(ctx, lambda: _baseline(ctx))))
         initial = json.loads(canonical_json(initial_measure(ctx))) if config.measure else None
+        glued = json.loads(canonical_json(glued_accuracy(ctx, initial)))
         pending = list(range(config.trials))
         have = {}
     say(f"Algorithm 1: n={ctx.n}, a={ctx.a} (# fb {ctx.n - ctx.a}), Acc={baseline['acc']:.4f}, "
-        f"Acc*={baseline['acc_star']:.4f}, target >= {baseline['threshold']:.4f}; "
+        f"Acc*={baseline['acc_star']:.4f}, Acc_sr={glued['acc_sr']:.4f}, target >= {baseline['threshold']:.4f}; "
         f"{len(have)} trial(s) done, {len(pending)} to run")
 
     ran: list[int] = []
@@ -580,10 +605,10 @@ def algorithm1(
                     if bar is not None:
                         bar.update(1)
 
-                run_trials_vmapped(ctx, group, baseline, progress=progress, on_record=on_record)
+                run_trials_vmapped(ctx, group, baseline, glued["acc_sr"], progress=progress, on_record=on_record)
         else:
             for t in pending:
-                save(t, run_trial(ctx, t, baseline, progress=progress))
+                save(t, run_trial(ctx, t, baseline, glued["acc_sr"], progress=progress))
                 if bar is not None:
                     bar.update(1)
     finally:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -227,6 +228,31 @@ def test_same_seed_same_records_with_measurements(tmp_path, data, nets):
     assert t0["gamma_a"]["layer"] == 5 and t0["gamma_b"]["layer"] == 7
     assert t0["bound"]["splits"][0]["a"] == 5 and len(t0["sensitivity"]) == 7
     assert set(r1.initial["rho"]) == {"ksg"}  # primary estimator only
+    # Acc_sr: the glued network's accuracy on the initial measurement's attacked inputs (they cover
+    # the 64 test images), recomputed here with a plain forward pass on the documented key
+    ctx = A._Context(model, normal, robust, tr, te, c)
+    k_adv = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x1417))[0]
+    _, x_adv, y = A._measure_inputs(ctx, ctx.glued, k_adv)
+    pred = np.argmax(np.asarray(model.apply(ctx.glued, jnp.asarray(x_adv), train=False)), -1)
+    assert r1.initial["acc_sr"] == float(np.mean(pred == y)) == t0["acc_sr"]
+    assert json.loads((tmp_path / "a" / "acc_sr.json").read_text())["acc_sr"] == t0["acc_sr"]
+
+
+def test_acc_sr_is_measured_once_per_run(tmp_path, data, nets, monkeypatch):
+    """Every trial starts from the same glued network: one attack run gives Acc_sr for all of them
+    (without a measurement: the evaluation attack on the whole test set), also after a resume."""
+    tr, te = data
+    model, normal, robust = nets
+    calls = []
+    real = A.glued_accuracy
+    monkeypatch.setattr(A, "glued_accuracy", lambda ctx, initial: calls.append(1) or real(ctx, initial))
+    c = cfg(trials=2, max_epochs=1)
+    r = A.algorithm1(model, normal, robust, tr, te, c, tmp_path / "r", progress=False)
+    want = A.AttackedAccuracy(model, A.bind_eval_attack("pgd", make_threat("linf", EPS), {"steps": 2}), 64)(
+        A.glue(robust, normal, 5), te.images, te.labels, jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x5A5A))
+    assert [t["acc_sr"] for t in r.trials] == [want, want] and len(calls) == 1
+    r3 = A.algorithm1(model, normal, robust, tr, te, dataclasses.replace(c, trials=3), tmp_path / "r", progress=False)
+    assert r3.trials[2]["acc_sr"] == want and len(calls) == 1  # read back from acc_sr.json
 
 
 def test_vmapped_trials_match_sequential(tmp_path, data, nets):

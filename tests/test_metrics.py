@@ -189,7 +189,7 @@ def test_pretrain_and_algorithm1_write_their_curves(tmp_path, monkeypatch):
     assert metrics.read_csv(mdir) == want  # the rerun replays the history into a fresh file, no duplicates
     assert len(list(mdir.glob(metrics.EVENT_GLOB))) == 1
 
-    def fake_trial(ctx, t, baseline, progress=False):
+    def fake_trial(ctx, t, baseline, acc_sr, progress=False):
         hist = [{"epoch": 1, "adv_acc": 0.25, "train_loss": 1.5, "train_acc": 0.125}]
         return {"trial": t, "acc_sr": 0.0625, "acc_star": baseline["acc_star"], "threshold": baseline["threshold"],
                 "acc_tilde": 0.25, "epochs": 1, "converged": False, "history": hist,
