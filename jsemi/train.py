@@ -104,8 +104,9 @@ class TrainConfig:
 
 
 # Named presets for ``TrainConfig``: "paper" is section 6 of the notes (CIFAR scale);
-# "cpu" is the Fashion-MNIST CNN setting used by the demo (Adam, eps 0.1, PGD-3), chosen
-# because SGD at lr 0.01 needs far more epochs than a 2-core CPU allows.
+# "cpu" is the Fashion-MNIST CNN setting of ``jsemi train --preset cpu`` (Adam, eps 0.1, PGD-3), chosen
+# because SGD at lr 0.01 needs far more epochs than a 2-core CPU allows (the demo's own experiment,
+# ``jsemi.experiments.configs.CPU``, trains with PGD-2 and fewer epochs).
 PRESETS: dict[str, dict] = {
     "paper": {},
     "cpu": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, lr_schedule="constant", epochs=3, batch_size=128,
