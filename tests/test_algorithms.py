@@ -548,6 +548,8 @@ def test_demo_pipeline_end_to_end_on_tiny_synthetic_experiment(tmp_path):
                    "Bound report", "pretrain robust"):
         assert needle in text, needle
     assert (tmp_path / "demo" / "figures" / "rho_per_layer.png").exists()
+    pre = json.loads((tmp_path / "demo" / "pretrained_accuracy.json").read_text())
+    assert (pre["n"], pre["n_pgd_normal"]) == (exp.eval_test_subset, exp.eval_test_subset // 4)  # Algorithm 1's images
     demo.run_demo(exp, tmp_path / "demo", progress=False)  # rerun: everything reused
     assert "(reused)" in path.read_text()
 
