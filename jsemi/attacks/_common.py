@@ -153,8 +153,10 @@ def select(mask, a, b):
 # on a naive emitter, about 10x slower than the same step outside a loop.  Iterative attacks
 # are therefore written as (init, step, final) and run
 #   - under a caller's trace: unrolled when n <= UNROLL_MAX on CPU, else lax.fori_loop;
-#   - with concrete inputs: as a host loop over a jit-compiled chunk of CHUNK unrolled steps
-#     (one compilation per chunk size, early exit when ``done`` says every point is finished).
+#   - with concrete inputs: n <= CHUNK steps as one jit-compiled program (init, the unrolled
+#     steps and final: one compilation, as under a caller's trace); more as a host loop over a
+#     jit-compiled chunk of CHUNK unrolled steps (one compilation per chunk size, early exit
+#     when ``done`` says every point is finished) between a compiled init and final.
 UNROLL_MAX = 32
 CHUNK = 10
 
@@ -191,6 +193,14 @@ def _spec_chunk(logits_fn, ctx, i0, state, *, build, settings, size):
     return state
 
 
+def _spec_whole(logits_fn, ctx, i0, *, build, settings):
+    spec = build(logits_fn, *settings)
+    state = spec.init(ctx)
+    for c in range(spec.n):
+        state = spec.step(ctx, i0 + c, state)
+    return spec.final(ctx, state)
+
+
 def _spec_final(logits_fn, ctx, state, *, build, settings):
     return build(logits_fn, *settings).final(ctx, state)
 
@@ -199,7 +209,8 @@ def _spec_done(logits_fn, state, *, build, settings):
     return build(logits_fn, *settings).done(state)
 
 
-spec_init, spec_chunk, spec_final, spec_done = (fn_jit(f) for f in (_spec_init, _spec_chunk, _spec_final, _spec_done))
+spec_init, spec_chunk, spec_final, spec_done, spec_whole = (
+    fn_jit(f) for f in (_spec_init, _spec_chunk, _spec_final, _spec_done, _spec_whole))
 
 
 def run_spec(build, settings: tuple, logits_fn, ctx):
@@ -216,6 +227,8 @@ def run_spec(build, settings: tuple, logits_fn, ctx):
         return spec.final(ctx, state)
     host = build(logits_fn, *settings)  # cheap: reads n and whether the attack can stop early
     kw = dict(build=build, settings=tuple(settings))
+    if host.n <= CHUNK:  # one program (no chunk boundary, so no early exit to check)
+        return spec_whole(logits_fn, ctx, jnp.int32(0), **kw)
     state = spec_init(logits_fn, ctx, **kw)
     i = 0
     while i < host.n:
