@@ -491,7 +491,9 @@ def test_autoattack_at_most_pgd_and_worst_case_per_point(trained_cnn):
     th = LinfBall(0.05)
     x, y = x[:16], y[:16]
     acc_pgd = robust_accuracy(f, x, y, jax.random.key(1), get_attack("pgd", th, steps=10), batch_size=16)
-    xa, info = autoattack(f, x, y, jax.random.key(1), th, n_iter=10, n_targets=3, n_queries=100, return_info=True)
+    # 3 iterations and one target per member: the same robust accuracies as 10 iterations here
+    # (0.875 after every member), at a third of the compile (FAB-T's 10 unrolled steps: ~13 CPU-s)
+    xa, info = autoattack(f, x, y, jax.random.key(1), th, n_iter=3, n_targets=1, n_queries=100, return_info=True)
     # BatchNorm model: the variables are untouched and the result stays in the ball and the box
     jax.tree_util.tree_map(np.testing.assert_array_equal, before, jax.tree_util.tree_map(np.array, variables))
     check_constraints(th, xa, x)

@@ -137,6 +137,9 @@ def test_every_notebook_has_a_parameters_cell_and_is_small():
         assert len(nb.cells) <= 14
 
 
+# slow (~15 CPU-s: a kernel that imports jax and compiles): CI runs the same notebook with the same
+# parameters from the installed wheel in test_colab_runtime (`make test-colab`, .ci/run)
+@pytest.mark.slow
 def test_quickstart_notebook(tmp_path, monkeypatch):
     nb = _execute(COLAB / "01_quickstart.ipynb", tmp_path, monkeypatch)
     out = _outputs(nb)
