@@ -126,9 +126,11 @@ def write_report(exp: Experiment, out: Path, rows, trials, initial, pre_acc, bou
         from jsemi.estimators.linear import s1_markdown
 
         lines += ["## Algorithm S1 (robust network)", "", s1_markdown(s1["rows"], title="Algorithm S1").split("\n", 2)[-1], ""]
-    where = ", Algorithm 1's evaluation images (Acc* is PGD-10 on them)" if pre_acc.get("images") else ""
+    where = (f"On Algorithm 1's {pre_acc['n']} stratified evaluation test images (Acc\\* is the evaluation "
+             f"attack's accuracy on the same images)" if pre_acc.get("images")
+             else f"On {pre_acc['n']} stratified test images")
     lines += ["## Pretrained networks", "",
-              f"On {pre_acc['n']} stratified test images{where} (PGD-20, eps {pre_acc['eps']:g}, random start; the normal "
+              f"{where} (PGD-20, eps {pre_acc['eps']:g}, random start; the normal "
               f"network's PGD-20 accuracy on the first {pre_acc.get('n_pgd_normal', pre_acc['n'])} of them):", "",
               "| network | clean acc | PGD-20 acc |", "|:---|---:|---:|",
               f"| normal (fa, fb) | {report.pct(pre_acc['normal']['clean_acc'])} | {report.pct(pre_acc['normal']['pgd20_acc'])} |",
