@@ -105,3 +105,17 @@ def test_bound_function_equals_apply_and_traces_inside_user_jit():
     # the traced path and the host path agree
     host = pgd(bind(MODEL, WEIGHTS[0]), X, Y, jax.random.key(0), TH, steps=3)
     assert jnp.allclose(a, host, atol=1e-6)
+
+
+def test_short_attack_is_one_program_longer_ones_run_in_chunks():
+    """<= CHUNK steps with concrete inputs: init, steps and final in one program (as under a
+    caller's jit); more: init, a CHUNK-step program, the remainder's program, final."""
+    from jsemi.attacks._common import CHUNK
+
+    f = bind(MODEL, WEIGHTS[0])
+    x, y, key = X[:5], Y[:5], jax.random.key(0)  # a batch size no other test here uses: nothing is cached yet
+    with compilations() as short:
+        jax.block_until_ready(pgd(f, x, y, key, TH, steps=CHUNK, step_size=0.02))
+    with compilations() as long:
+        jax.block_until_ready(pgd(f, x, y, key, TH, steps=CHUNK + 2, step_size=0.02))
+    assert (short[0], long[0]) == (1, 4), (short[0], long[0])

@@ -228,12 +228,12 @@ def run_spec(build, settings: tuple, logits_fn, ctx):
     host = build(logits_fn, *settings)  # cheap: reads n and whether the attack can stop early
     kw = dict(build=build, settings=tuple(settings))
     if host.n <= CHUNK:  # one program (no chunk boundary, so no early exit to check)
-        return spec_whole(logits_fn, ctx, jnp.int32(0), **kw)
+        return spec_whole(logits_fn, ctx, np.int32(0), **kw)
     state = spec_init(logits_fn, ctx, **kw)
     i = 0
     while i < host.n:
         size = min(CHUNK, host.n - i)
-        state = spec_chunk(logits_fn, ctx, jnp.int32(i), state, size=size, **kw)
+        state = spec_chunk(logits_fn, ctx, np.int32(i), state, size=size, **kw)
         i += size
         if host.done is not None and i < host.n and bool(spec_done(logits_fn, state, **kw)):
             break
