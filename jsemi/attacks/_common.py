@@ -193,11 +193,10 @@ def _spec_chunk(logits_fn, ctx, i0, state, *, build, settings, size):
     return state
 
 
-def _spec_whole(logits_fn, ctx, i0, *, build, settings):
+def _spec_whole(logits_fn, ctx, *, build, settings):
+    """The whole attack in one trace: init, ``traced_loop`` over the steps, final."""
     spec = build(logits_fn, *settings)
-    state = spec.init(ctx)
-    for c in range(spec.n):
-        state = spec.step(ctx, i0 + c, state)
+    state = traced_loop(spec.n, lambda i, s: spec.step(ctx, i, s), spec.init(ctx))
     return spec.final(ctx, state)
 
 
@@ -220,15 +219,12 @@ def run_spec(build, settings: tuple, logits_fn, ctx):
     part of ``logits_fn`` they key jit's cache, so each (attack, settings, architecture,
     shapes) compiles once whatever the weights.
     """
-    if is_traced(logits_fn, ctx):
-        spec = build(logits_fn, *settings)
-        state = spec.init(ctx)
-        state = traced_loop(spec.n, lambda i, s: spec.step(ctx, i, s), state)
-        return spec.final(ctx, state)
-    host = build(logits_fn, *settings)  # cheap: reads n and whether the attack can stop early
     kw = dict(build=build, settings=tuple(settings))
-    if host.n <= CHUNK:  # one program (no chunk boundary, so no early exit to check)
-        return spec_whole(logits_fn, ctx, np.int32(0), **kw)
+    if is_traced(logits_fn, ctx):
+        return _spec_whole(logits_fn, ctx, **kw)
+    host = build(logits_fn, *settings)  # cheap: reads n and whether the attack can stop early
+    if host.n <= CHUNK:  # the same trace, compiled as one program (no chunk boundary, no early exit)
+        return spec_whole(logits_fn, ctx, **kw)
     state = spec_init(logits_fn, ctx, **kw)
     i = 0
     while i < host.n:
