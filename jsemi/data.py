@@ -99,6 +99,14 @@ _TFDS_NAMES = {"fashion_mnist": "fashion_mnist", "mnist": "mnist", "cifar10": "c
 
 _TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
+# (H, W, C) of every named dataset at its default options: known without reading any file, so a
+# run / dataset mismatch is refused before the data is looked for (``synthetic`` defaults to
+# 28x28x1; ``digits`` is 8x8x1 unless ``image_size`` says otherwise)
+INPUT_SHAPES = {
+    "fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
+    "tiny_imagenet": (64, 64, 3), "digits": (8, 8, 1), "synthetic": (28, 28, 1),
+}
+
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not available locally; the message says which command fetches it."""
@@ -224,6 +232,18 @@ def load_dataset(
         keep = np.sort(stratified_indices(ds.labels, subset, seed=seed))
         ds = dataclasses.replace(ds, images=ds.images[keep], labels=ds.labels[keep])
     return ds
+
+
+def input_shape_of(name: str, **options: Any) -> tuple[int, int, int]:
+    """(H, W, C) of dataset ``name``'s images under ``options`` (as :func:`load_dataset` takes
+    them), without loading anything; ValueError for an unknown name."""
+    if name not in INPUT_SHAPES:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if name == "digits" and "image_size" in options:
+        return (int(options["image_size"]),) * 2 + (1,)
+    if name == "synthetic" and "image_shape" in options:
+        return tuple(int(d) for d in options["image_shape"])
+    return INPUT_SHAPES[name]
 
 
 def fetch_command(name: str, data_dir: str | os.PathLike | None = None) -> str:

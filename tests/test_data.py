@@ -138,6 +138,7 @@ def test_idx_labels_out_of_range_are_an_error(tmp_path):
 def test_fashion_mnist_debian_package():
     ds = data.load_dataset("fashion_mnist", "test")
     assert ds.images.shape == (10000, 28, 28, 1) and ds.images.dtype == np.uint8
+    assert data.input_shape_of("fashion_mnist") == ds.input_shape
     np.testing.assert_array_equal(np.bincount(ds.labels), np.full(10, 1000))
 
 
@@ -168,6 +169,7 @@ def test_tfds_path_with_mock_data(tmp_path, name, shape, classes):
     assert ds.images.shape == (12, *shape) and ds.images.dtype == np.uint8
     assert ds.labels.dtype == np.int32 and ds.labels.min() >= 0 and ds.labels.max() < classes
     assert ds.num_classes == classes and len(ds.class_names) == classes
+    assert data.input_shape_of(name) == shape  # the shape known before any file is read
 
 
 class _FakeMNIST(tfds.image_classification.MNIST, skip_registration=True):
@@ -353,6 +355,7 @@ def test_tiny_imagenet_directory(tmp_path):
 
     train = data.load_dataset("tiny_imagenet", "train", data_dir=tmp_path)
     assert train.images.shape == (10, 64, 64, 3) and train.images.dtype == np.uint8
+    assert data.input_shape_of("tiny_imagenet") == train.input_shape
     np.testing.assert_array_equal(np.bincount(train.labels), [3, 4, 3])
     assert train.num_classes == 3 and train.class_names == ("goldfish", "salamander", "bullfrog")
     k0 = train.images[train.labels == 0]
@@ -387,6 +390,8 @@ def test_digits():
     assert big.images[:, :4].max() == 0 and big.images[:, :, -4:].max() == 0  # zero border
     assert big.images[:, 4:24, 4:24].max() > 200
     assert data.load_dataset("digits", image_size=16).input_shape == (16, 16, 1)
+    assert data.input_shape_of("digits") == test.input_shape
+    assert data.input_shape_of("digits", image_size=16, pad=2) == (16, 16, 1)
     with pytest.raises(ValueError, match="pad"):
         data.load_dataset("digits", image_size=8, pad=4)
 
@@ -404,6 +409,10 @@ def test_synthetic_shapes_determinism_and_learnability():
     assert not np.array_equal(a.images, c.images)
     default = data.load_dataset("synthetic")
     assert default.images.shape == (2048, 28, 28, 1) and len(data.load_dataset("synthetic", "test")) == 512
+    assert data.input_shape_of("synthetic") == default.input_shape
+    assert data.input_shape_of("synthetic", **kw) == a.input_shape
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.input_shape_of("imagenet")
     # Learnable: nearest class mean from train classifies test well.
     train = data.load_dataset("synthetic", seed=3, num_classes=10)
     test = data.load_dataset("synthetic", "test", seed=3, num_classes=10)

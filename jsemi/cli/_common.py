@@ -112,14 +112,17 @@ def load_images(dataset: str, split: str, data_dir, subset: int | None, seed: in
     return unit_float(images), labels
 
 
-def check_run_data(meta: dict, images: np.ndarray, dataset: str, run) -> None:
+def check_run_data(meta: dict, images: np.ndarray | None, dataset: str, run) -> None:
     """Names a run / dataset mismatch ("the run R expects 8x8x1 input, but fashion_mnist images
-    are 28x28x1") before any model is applied."""
+    are 28x28x1") before any model is applied.  ``images=None``: checked against the dataset's
+    known shape (``jsemi.data.input_shape_of``), before the data is looked for."""
+    from jsemi.data import input_shape_of
     from jsemi.validation import check_input_shape
 
     want = meta.get("input_shape")
     if want:
-        check_input_shape(images.shape, want, what=f"the run {run}", data=dataset)
+        shape = input_shape_of(dataset) if images is None else images.shape
+        check_input_shape(shape, want, what=f"the run {run}", data=dataset)
 
 
 def load_run(args):
@@ -136,6 +139,7 @@ def load_run(args):
     dataset = args.dataset or sig.get("dataset")
     if not dataset:
         raise ValueError(f"{args.run}: the run records no dataset; pass --dataset")
+    check_run_data(meta, None, dataset, args.run)  # before the data is looked for
     x, y = load_images(dataset, "test", args.data_dir, args.test_subset, args.seed, args.download)
     check_run_data(meta, x, dataset, args.run)
     eps = args.eps if args.eps is not None else float(sig.get("config", {}).get("eps", 8 / 255))

@@ -144,6 +144,8 @@ def run_alg1(args: argparse.Namespace) -> int:
         raise ValueError(f"the normal ({n_meta['signature']['model']}) and robust ({r_meta['signature']['model']}) "
                          "runs are not the same architecture")
     dataset = args.dataset or n_meta["signature"]["dataset"]
+    for run, meta in ((args.normal, n_meta), (args.robust, r_meta)):
+        check_run_data(meta, None, dataset, run)  # before the data is looked for
     # data subsets are fixed (seed 0) so runs with other --seed values see the same images
     train = load_dataset(dataset, "train", data_dir=args.data_dir, subset=args.train_subset, seed=0)
     test = load_dataset(dataset, "test", data_dir=args.data_dir, subset=args.test_subset, seed=0)

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     check_json_target(args.json)  # before any work
     model, variables, meta = load_trained(args.run)
     dataset = args.dataset or meta["signature"]["dataset"]
+    check_run_data(meta, None, dataset, args.run)  # before the data is looked for
     test = load_split(dataset, "test", args.data_dir, args.test_subset, args.seed, args.download)
     check_run_data(meta, test.images, dataset, args.run)
     attack = None
