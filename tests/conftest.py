@@ -26,3 +26,23 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
 
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
+
+
+# ---------------------------------------------------------------------------- shared fixtures
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def alg1_data():
+    """test_algorithms' tiny synthetic (train, test) data, shared with test_epoch_eval."""
+    from test_algorithms import tiny_data
+
+    return tiny_data()
+
+
+@pytest.fixture(scope="session")
+def alg1_nets(alg1_data):
+    """test_algorithms' (model, normal, robust) tiny nets, trained once for both files."""
+    from test_algorithms import make_nets
+
+    return make_nets(alg1_data[0])

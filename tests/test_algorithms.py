@@ -1,6 +1,6 @@
 """Algorithm 1 (jsemi.algorithms), run directories (jsemi.runs), tables (jsemi.report), experiment configs.
 
-Tiny settings throughout: a 7-layer SmallCNN with narrow widths on synthetic 28x28 data,
+Tiny settings throughout: a 7-layer SmallCNN with narrow widths on synthetic 12x12 data,
 random (untrained) normal and robust networks -- Algorithm 1's bookkeeping does not
 depend on how good the networks are.
 """
@@ -34,13 +34,19 @@ from jsemi.train import TrainConfig
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_KW = dict(widths=(4, 4, 8, 8, 8), hidden=16)
+SHAPE = (12, 12, 1)  # small images: the same programs as 28x28, a fifth of the run time
 
 
-@pytest.fixture(scope="module")
-def data():
-    tr = load_dataset("synthetic", "train", num_examples=256, seed=3)
-    te = load_dataset("synthetic", "test", num_examples=64, seed=3)
+def tiny_data():
+    """(train, test): 256 and 64 synthetic SHAPE images."""
+    tr = load_dataset("synthetic", "train", num_examples=256, seed=3, image_shape=SHAPE)
+    te = load_dataset("synthetic", "test", num_examples=64, seed=3, image_shape=SHAPE)
     return tr, te
+
+
+@pytest.fixture
+def data(alg1_data):  # tests/conftest.py: one copy for this file and test_epoch_eval
+    return alg1_data
 
 
 EPS = 0.02
@@ -55,8 +61,8 @@ def make_nets(tr):
     from jsemi.training_modes import make_train_step, train_epoch
 
     model = get_model("small_cnn", **TINY_KW)
-    normal = init_model(model, jax.random.PRNGKey(0), (28, 28, 1))
-    robust = init_model(model, jax.random.PRNGKey(1), (28, 28, 1))
+    normal = init_model(model, jax.random.PRNGKey(0), SHAPE)
+    robust = init_model(model, jax.random.PRNGKey(1), SHAPE)
     tc = dataclasses.replace(FT, optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=4)
     st = create_train_state(robust, tc, steps_per_epoch=4)
     step = make_train_step(model, tc)
@@ -65,9 +71,9 @@ def make_nets(tr):
     return model, normal, jax.tree_util.tree_map(np.asarray, st.variables)
 
 
-@pytest.fixture(scope="module")
-def nets(data):
-    return make_nets(data[0])
+@pytest.fixture
+def nets(alg1_nets):  # tests/conftest.py: trained once per session
+    return alg1_nets
 
 
 def cfg(**kw) -> A.Alg1Config:
@@ -213,7 +219,7 @@ def test_same_seed_same_records_with_measurements(tmp_path, data, nets):
     """Same seed, same machine: identical records (all but wall times), rho / gamma / bounds included."""
     tr, te = data
     model, normal, robust = nets
-    c = cfg(trials=1, measure=True, measure_examples=64, probe_examples=64, rho_estimators=("ksg", "edge"),
+    c = cfg(trials=1, max_epochs=1, measure=True, measure_examples=64, probe_examples=64, rho_estimators=("ksg", "edge"),
             rho_settings={"ksg": {"permutations": 3}, "edge": {"permutations": 3}},
             gamma_attack_settings={"steps": 2, "restarts": 1, "loss": "margin"})
     r1 = A.algorithm1(model, normal, robust, tr, te, c, tmp_path / "a", progress=False)
@@ -233,7 +239,8 @@ def test_same_seed_same_records_with_measurements(tmp_path, data, nets):
     ctx = A._Context(model, normal, robust, tr, te, c)
     k_adv = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x1417))[0]
     _, x_adv, y = A._measure_inputs(ctx, ctx.glued, k_adv)
-    pred = np.argmax(np.asarray(model.apply(ctx.glued, jnp.asarray(x_adv), train=False)), -1)
+    logits = jax.jit(lambda v, z: model.apply(v, z, train=False))(ctx.glued, jnp.asarray(x_adv))  # one program
+    pred = np.argmax(np.asarray(logits), -1)
     assert r1.initial["acc_sr"] == float(np.mean(pred == y)) == t0["acc_sr"]
     assert json.loads((tmp_path / "a" / "acc_sr.json").read_text())["acc_sr"] == t0["acc_sr"]
 
@@ -271,7 +278,7 @@ def test_vmapped_trials_match_sequential(tmp_path, data, nets):
 def test_architecture_mismatch_is_an_error(data, nets):
     tr, te = data
     model, normal, _ = nets
-    other = init_model(get_model("small_cnn", widths=(4, 4, 8, 8, 16), hidden=16), jax.random.PRNGKey(0), (28, 28, 1))
+    other = init_model(get_model("small_cnn", widths=(4, 4, 8, 8, 16), hidden=16), jax.random.PRNGKey(0), SHAPE)
     with pytest.raises(ValueError, match="same architecture"):
         A.algorithm1(model, normal, other, tr, te, cfg(trials=1), progress=False)
 
@@ -283,10 +290,10 @@ _KILL_SCRIPT = textwrap.dedent("""
     from jsemi import algorithms as A
     from jsemi.data import load_dataset
     from jsemi.models import get_model, init_model
-    tr = load_dataset("synthetic", "train", num_examples=256, seed=3)
-    te = load_dataset("synthetic", "test", num_examples=64, seed=3)
+    tr = load_dataset("synthetic", "train", num_examples=256, seed=3, image_shape=T.SHAPE)
+    te = load_dataset("synthetic", "test", num_examples=64, seed=3, image_shape=T.SHAPE)
     model = get_model("small_cnn", **T.TINY_KW)
-    template = init_model(model, jax.random.PRNGKey(0), (28, 28, 1))
+    template = init_model(model, jax.random.PRNGKey(0), T.SHAPE)
     nets = np.load(sys.argv[2])
     def load(prefix):
         flat, tdef = jax.tree_util.tree_flatten_with_path(template)
@@ -405,25 +412,26 @@ def test_figures_are_written(tmp_path):
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_alg1_on_pretrained_runs(tmp_path, data):
+def test_cli_alg1_on_pretrained_runs(tmp_path):
     from jsemi.cli import main
     from jsemi.pretrain import pretrain
 
-    tr, te = data
+    # digits (8x8): the command line loads a dataset by name, and digits is small
+    tr, te = load_dataset("digits", "train", subset=256), load_dataset("digits", "test", subset=64)
     base = TrainConfig(mode="standard", optimizer="adam", lr=1e-3, weight_decay=0.0, lr_schedule="constant", epochs=1,
                        batch_size=64, eps=EPS, attack_steps=1, attack_step_size=EPS, augment=False, flip=False)
     for kind, mode in (("normal", "standard"), ("robust", "pgd")):
         pretrain(tmp_path / kind, "small_cnn", tr.images, tr.labels, te.images, te.labels,
-                 dataclasses.replace(base, mode=mode), num_classes=10, dataset="synthetic", model_kwargs=TINY_KW,
+                 dataclasses.replace(base, mode=mode), num_classes=10, dataset="digits", model_kwargs=TINY_KW,
                  progress=False, log=lambda s: None)
     args = ["alg1", "--normal", str(tmp_path / "normal"), "--robust", str(tmp_path / "robust"), "--num-fb", "2",
-            "--trials", "2", "--epochs", "1", "--attack-steps", "2", "--test-subset", "40", "--no-measure",
-            "--no-progress", "--out", str(tmp_path / "alg1")]
+            "--trials", "2", "--epochs", "1", "--attack-steps", "2", "--train-subset", "256", "--test-subset", "40",
+            "--no-measure", "--no-progress", "--out", str(tmp_path / "alg1")]
     assert main(args) == 0
     out = tmp_path / "alg1"
     assert (out / "fb2" / "trials" / "trial_001.json").exists() and (out / "fb2" / "baseline.json").exists()
     text = (out / "REPORT.md").read_text()
-    assert "| Net | Dataset | # fb |" in text and "synthetic" in text
+    assert "| Net | Dataset | # fb |" in text and "digits" in text
     assert main(args) == 0  # rerun: everything reused
     assert main(args[:-2] + ["--k", "5", "--out", str(tmp_path / "alg1")]) == 2  # changed setting refused
 

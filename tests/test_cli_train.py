@@ -18,8 +18,12 @@ from jsemi.models import get_model, init_model
 from jsemi.pretrain import RunMismatchError, load_trained, pretrain
 from jsemi.train import TrainConfig
 
-COMMON = ["--model", "small_cnn", "--dataset", "synthetic", "--train-subset", "256", "--test-subset", "128",
+# digits (8x8): the same programs as 28x28 images at a tenth of the run time
+COMMON = ["--model", "small_cnn", "--dataset", "digits", "--train-subset", "256", "--test-subset", "128",
           "--batch-size", "64", "--no-progress"]
+# 28x28 for the killed process: epochs must take long enough to be killed between them
+SLOW_COMMON = ["--model", "small_cnn", "--dataset", "synthetic", "--train-subset", "256", "--test-subset", "128",
+               "--batch-size", "64", "--no-progress"]
 
 
 def _history(run):
@@ -46,7 +50,7 @@ def test_train_resume_matches_uninterrupted(tmp_path, capsys):
 @pytest.mark.slow
 def test_killed_train_process_resumes_from_last_checkpoint(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jsemi", "train", *COMMON, "--train-subset", "1024", "--epochs", "6", "--out", str(run)]
+    cmd = [sys.executable, "-m", "jsemi", "train", *SLOW_COMMON, "--train-subset", "1024", "--epochs", "6", "--out", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (run / "history.json").exists():
@@ -115,7 +119,7 @@ def test_restore_into_mismatched_model_is_a_clear_error(tmp_path):
 @pytest.mark.slow  # two full `jsemi train` processes (~10 s of imports and compilation each)
 def test_two_train_processes_started_together_cannot_both_write(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jsemi", "train", *COMMON, "--epochs", "2", "--out", str(run)]
+    cmd = [sys.executable, "-m", "jsemi", "train", *SLOW_COMMON, "--epochs", "2", "--out", str(run)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = sorted(p.returncode for p in procs)

@@ -47,7 +47,8 @@ TH = LinfBall(0.1)
 
 ATTACKS = {
     "fgsm": lambda f, k: fgsm(f, X, Y, k, TH),
-    "pgd": lambda f, k: pgd(f, X, Y, k, TH, steps=12, restarts=2),
+    # restarts; the chunked path (more than CHUNK steps) is counted in test_short_attack_...
+    "pgd": lambda f, k: pgd(f, X, Y, k, TH, steps=3, restarts=2),
     "apgd-ce": lambda f, k: apgd(f, X, Y, k, TH, n_iter=6),
     "apgd-t": lambda f, k: apgd_t(f, X, Y, k, TH, n_iter=4, n_targets=2),
     "square": lambda f, k: square(f, X, Y, k, TH, n_queries=8),
@@ -89,9 +90,15 @@ def test_a_closure_still_works_but_compiles_per_closure():
     assert jnp.array_equal(ref, got)
 
 
+@jax.jit
+def _apply_fn(fn, x):
+    return fn(x)
+
+
 def test_bound_function_equals_apply_and_traces_inside_user_jit():
     f = bind(MODEL, WEIGHTS[1])
-    assert jnp.allclose(f(X), MODEL.apply(WEIGHTS[1], X, train=False))
+    # both compiled (eagerly, each would compile ~15 one-op programs)
+    assert jnp.allclose(_apply_fn(f, X), jax.jit(lambda v, x: MODEL.apply(v, x, train=False))(WEIGHTS[1], X))
 
     @jax.jit
     def user_step(fn, x, y, key):
@@ -107,15 +114,22 @@ def test_bound_function_equals_apply_and_traces_inside_user_jit():
     assert jnp.allclose(a, host, atol=1e-6)
 
 
-def test_short_attack_is_one_program_longer_ones_run_in_chunks():
+def test_short_attack_is_one_program_longer_ones_run_in_chunks(monkeypatch):
     """<= CHUNK steps with concrete inputs: init, steps and final in one program (as under a
-    caller's jit); more: init, a CHUNK-step program, the remainder's program, final."""
-    from jsemi.attacks._common import CHUNK
+    caller's jit); more: init, a CHUNK-step program, the remainder's program, final.  With
+    CHUNK lowered to 3 (the rule does not depend on its value; 3-step programs compile in a
+    third of the time of 10-step ones)."""
+    from jsemi.attacks import _common
 
-    f = bind(MODEL, WEIGHTS[0])
+    monkeypatch.setattr(_common, "CHUNK", 3)
+    CHUNK = _common.CHUNK
     x, y, key = X[:5], Y[:5], jax.random.key(0)  # a batch size no other test here uses: nothing is cached yet
-    with compilations() as short:
-        jax.block_until_ready(pgd(f, x, y, key, TH, steps=CHUNK, step_size=0.02))
-    with compilations() as long:
-        jax.block_until_ready(pgd(f, x, y, key, TH, steps=CHUNK + 2, step_size=0.02))
-    assert (short[0], long[0]) == (1, 4), (short[0], long[0])
+    counts = []
+    for w in WEIGHTS:  # new weights reuse both the one program and the chunked ones
+        f = bind(MODEL, w)
+        with compilations() as short:
+            jax.block_until_ready(pgd(f, x, y, key, TH, steps=CHUNK, step_size=0.02))
+        with compilations() as long:
+            jax.block_until_ready(pgd(f, x, y, key, TH, steps=CHUNK + 2, step_size=0.02))
+        counts.append((short[0], long[0]))
+    assert counts == [(1, 4), (0, 0), (0, 0)], counts

@@ -1,7 +1,7 @@
 """Algorithm 1's per-epoch evaluation on a test subset (Alg1Config.epoch_eval_examples, jsemi.alg1_epochs)
 and the baseline shared by the rows of one process.
 
-Tiny settings (as test_algorithms): a narrow 7-layer SmallCNN on synthetic 28x28 data, an untrained
+Tiny settings (as test_algorithms): a narrow 7-layer SmallCNN on synthetic 12x12 data, an untrained
 'normal' net and a briefly adversarially trained 'robust' one.
 """
 
@@ -15,19 +15,18 @@ import pytest
 
 from jsemi import algorithms as A
 from jsemi import alg1_epochs as E
-from jsemi.data import load_dataset
 from jsemi.runs import config_hash
-from test_algorithms import cfg, make_nets, strip_timing  # the same tiny nets and settings
-
-@pytest.fixture(scope="module")
-def data():
-    return (load_dataset("synthetic", "train", num_examples=256, seed=3),
-            load_dataset("synthetic", "test", num_examples=64, seed=3))
+from test_algorithms import cfg, strip_timing  # the same tiny nets and settings
 
 
-@pytest.fixture(scope="module")
-def nets(data):
-    return make_nets(data[0])
+@pytest.fixture
+def data(alg1_data):  # tests/conftest.py: the data and nets of test_algorithms, made once per session
+    return alg1_data
+
+
+@pytest.fixture
+def nets(alg1_nets):
+    return alg1_nets
 
 
 def test_default_is_omitted_so_existing_hashes_hold():

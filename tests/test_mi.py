@@ -88,14 +88,16 @@ def correlated(n, d, r, seed=0, dtype=np.float32):
 # ---------------------------------------------------------------------------------------------
 
 
+# unprojected floor hashing is also checked against the reference by the ties test below, so
+# its two cases run in make test-slow (each case compiles its own EDGE programs, ~5 CPU-s)
 @pytest.mark.parametrize(
     "n,dx,dy,L,queries,project",
     [
-        (400, 3, 2, 1, None, "joint"),  # floor hashing, no projection
+        pytest.param(400, 3, 2, 1, None, "joint", marks=pytest.mark.slow),  # floor hashing, no projection
         (600, 40, 20, 3, 100, "joint"),  # both projected, median of 3 hashes, 100 query rows
         (300, 9, 4, 5, 500, "joint"),  # the small one projected too (authors' rule)
         (300, 9, 4, 2, None, "each"),  # only x projected
-        (250, 1, 1, 1, None, "joint"),
+        pytest.param(250, 1, 1, 1, None, "joint", marks=pytest.mark.slow),
     ],
 )
 def test_edge_matches_numpy_reference(n, dx, dy, L, queries, project):
@@ -244,7 +246,8 @@ def test_edge_paper_draws_match_the_authors_call_for_call(n, dx, dy):
         edge_randomness(jax.random.key(0), n, dx, dy, draws="sometimes")
 
 
-@pytest.mark.parametrize("d", [1, 2, 4, 6])
+# d = 2 and 4 take the same unprojected path as 1 and 6: make test-slow
+@pytest.mark.parametrize("d", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow), 6])
 def test_edge_rises_with_correlation(d):
     vals = []
     for r in (0.0, 0.3, 0.6, 0.9, 0.99):
@@ -402,6 +405,24 @@ def test_reduce_pca_within_class_and_random_common():
     assert xs.shape == (n, 3)
     with pytest.raises(ValueError):
         reduce(x, x, jax.random.key(0), method="tsne")
+
+
+def test_reduce_streamed_host_rows_equal_in_memory(monkeypatch):
+    """Host arrays larger than one row chunk are reduced chunk by chunk (class sums, scatter,
+    projections): the same maps and outputs as the in-memory path, for both methods."""
+    rng = np.random.default_rng(3)
+    n, d = 300, 12
+    labels = np.repeat(np.arange(3), n // 3)
+    x = (rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + labels[:, None]).astype(np.float32)
+    y = (x[:, :5] + rng.normal(size=(n, 5))).astype(np.float32)
+    cases = [dict(method="pca", dim=3, labels=labels), dict(method="random", dim=4, labels=labels)]
+    whole = [reduce(x, y, jax.random.key(4), **kw) for kw in cases]
+    monkeypatch.setattr(arrays_mod, "ROW_CHUNK_BYTES", d * 4 * 64)  # 64 rows of x per chunk
+    assert len(arrays_mod.row_chunks(x)) == 5
+    for kw, (xa, ya) in zip(cases, whole):
+        xb, yb = reduce(x, y, jax.random.key(4), **kw)
+        np.testing.assert_allclose(np.abs(np.asarray(xb)), np.abs(np.asarray(xa)), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.abs(np.asarray(yb)), np.abs(np.asarray(ya)), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import TEST_XLA_FLAGS
 
@@ -47,6 +48,10 @@ def _finish(procs: list[subprocess.Popen], timeout: float) -> None:
         assert p.returncode == 0, f"worker failed ({p.returncode}):\n{log[-4000:]}"
 
 
+# three Python processes that each import JAX and compile (~35 CPU-s): make test-slow, which CI
+# runs (.ci/run); the sharded step and evaluation on one host are in test_sharding's
+# eight-device check, which make test keeps
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
     t0 = time.perf_counter()
     port = _free_port()

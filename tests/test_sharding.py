@@ -160,8 +160,8 @@ def test_bf16_model_attack_keeps_float32_perturbation(tiny, threat):
     m16 = precision.with_dtype(model, "bfloat16")
     assert precision.is_low_precision(m16)
     lf = lambda z: m16.apply(variables, z, train=False)  # same float32 variables
-    assert lf(jnp.asarray(x)).dtype == jnp.float32
-    g = jax.grad(lambda z: jnp.sum(lf(z)))(jnp.asarray(x))
+    assert jax.jit(lf)(jnp.asarray(x)).dtype == jnp.float32  # compiled: eagerly, ~40 one-op programs
+    g = jax.jit(jax.grad(lambda z: jnp.sum(lf(z))))(jnp.asarray(x))
     assert g.dtype == jnp.float32  # the input gradient comes back in float32
     xa = pgd(lf, jnp.asarray(x), jnp.asarray(y), jax.random.key(0), threat, steps=3)
     assert xa.dtype == jnp.float32

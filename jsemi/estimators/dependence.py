@@ -311,13 +311,19 @@ def sensitivity(a_clean, a_adv, *, per: str = "channel", norm: str = "entrywise"
         raise ValueError(f"per must be 'channel' or 'image', got {per!r}")
     if norm not in ("entrywise", "matrix"):
         raise ValueError(f"norm must be 'entrywise' or 'matrix', got {norm!r}")
+    return float(_sensitivity(a, b, per=per, norm=norm, eps=float(eps)))
+
+
+@partial(jax.jit, static_argnames=("per", "norm", "eps"))
+def _sensitivity(a, b, *, per: str, norm: str, eps: float):
+    """:func:`sensitivity` as one compiled program (a scalar)."""
     a = a.astype(jnp.promote_types(a.dtype, jnp.float32))
     b = b.astype(a.dtype)
     d = jnp.abs(a - b)
     if per == "image":
         num = jnp.sum(d.reshape(d.shape[0], -1), axis=1)
         den = jnp.sum(jnp.abs(a).reshape(a.shape[0], -1), axis=1)
-        return float(jnp.mean(num / (den + eps)))
+        return jnp.mean(num / (den + eps))
     if a.ndim == 4:
         if norm == "entrywise":
             num = jnp.sum(d, axis=(1, 2))
@@ -328,4 +334,4 @@ def sensitivity(a_clean, a_adv, *, per: str = "channel", norm: str = "entrywise"
         ratio = num / (den + eps)  # (N, C)
     else:
         ratio = (d / (jnp.abs(a) + eps)).reshape(a.shape[0], -1)
-    return float(jnp.mean(jnp.mean(ratio, axis=1)))
+    return jnp.mean(jnp.mean(ratio, axis=1))

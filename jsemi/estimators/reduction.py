@@ -29,9 +29,28 @@ class Reduction(NamedTuple):
         z = as_2d(z, "z")
         dtype = float_dtype(z)
         if self.matrix is None:
-            return (to_device(z, dtype) - self.mean) / self.scale
-        out = project_rows(z, self.matrix, dtype) - jnp.dot(self.mean, self.matrix, precision=HIGHEST)
-        return out / self.scale
+            return _shift_scale(to_device(z, dtype), self.mean, self.scale)
+        if is_host(z) and len(row_chunks(z)) > 1:
+            return _unshift_scale(project_rows(z, self.matrix, dtype), self.mean, self.matrix, self.scale)
+        return _apply_map(to_device(z, dtype), self.mean, self.matrix, self.scale)
+
+
+# Every step below is one compiled program (eager jnp ops would each compile a program per
+# shape: the exact PCA alone was ~30 of them).
+
+@jax.jit
+def _shift_scale(z, mean, scale):
+    return (z - mean) / scale
+
+
+@jax.jit
+def _apply_map(z, mean, matrix, scale):
+    return (jnp.dot(z, matrix, precision=HIGHEST) - jnp.dot(mean, matrix, precision=HIGHEST)) / scale
+
+
+@jax.jit
+def _unshift_scale(zm, mean, matrix, scale):
+    return (zm - jnp.dot(mean, matrix, precision=HIGHEST)) / scale
 
 
 @partial(jax.jit, static_argnames=("num_classes",))
@@ -39,10 +58,23 @@ def _class_sums(x, labels, *, num_classes):
     return jax.ops.segment_sum(x, labels, num_segments=num_classes), jnp.bincount(labels, length=num_classes)
 
 
+@jax.jit
+def _means_from_sums(sums, counts):
+    """(C, d) class means and the (d,) pooled mean from class sums and counts."""
+    means = sums / jnp.maximum(counts, 1)[:, None].astype(sums.dtype)
+    return means, jnp.sum(sums, axis=0) / jnp.sum(counts).astype(sums.dtype)
+
+
+@partial(jax.jit, static_argnames=("num_classes",))
+def _class_means_dev(x, labels, *, num_classes):
+    return _means_from_sums(*_class_sums(x, labels, num_classes=num_classes))
+
+
 def _class_means(x, labels, num_classes, dtype):
-    """(C, d) per-class means (a single class when labels is None), streamed for host arrays."""
+    """(C, d) per-class means (a single class when labels is None), the (d,) pooled mean and
+    the int32 labels; streamed for host arrays."""
     n = x.shape[0]
-    lab = jnp.zeros((n,), jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32)
+    lab = jnp.asarray(np.zeros((n,), np.int32) if labels is None else np.asarray(labels, np.int32))
     C = 1 if labels is None else num_classes
     if is_host(x) and len(row_chunks(x)) > 1:
         sums, counts = None, None
@@ -50,9 +82,10 @@ def _class_means(x, labels, num_classes, dtype):
             s, c = _class_sums(to_device(x[sl], dtype), lab[sl], num_classes=C)
             sums = s if sums is None else sums + s
             counts = c if counts is None else counts + c
+        means, gmean = _means_from_sums(sums, counts)
     else:
-        sums, counts = _class_sums(to_device(x, dtype), lab, num_classes=C)
-    return sums / jnp.maximum(counts, 1)[:, None].astype(sums.dtype), lab
+        means, gmean = _class_means_dev(to_device(x, dtype), lab, num_classes=C)
+    return means, gmean, lab
 
 
 @jax.jit
@@ -66,6 +99,39 @@ def _centered_rmatmul(x, lab, means, u):
     """(x - means[lab])^T @ u."""
     su = jax.ops.segment_sum(u, lab, num_segments=means.shape[0])
     return jnp.dot(x.T, u, precision=HIGHEST) - jnp.dot(means.T, su, precision=HIGHEST)
+
+
+@jax.jit
+def _centered_scatter(x, lab, means):
+    """(x - means[lab])^T (x - means[lab]): the (d, d) within-class scatter of a block of rows."""
+    xc = x - means[lab]
+    return jnp.dot(xc.T, xc, precision=HIGHEST)
+
+
+@partial(jax.jit, static_argnames=("dim", "whiten"))
+def _top_eigen(scatter, n, *, dim, whiten):
+    """Top-``dim`` eigenvectors of a scatter matrix and the output scales (sqrt of the variances
+    scatter / (n - 1), or ones; zero scales become 1)."""
+    evals, evecs = jnp.linalg.eigh((scatter + scatter.T) / 2)
+    order = jnp.argsort(-evals)[:dim]
+    var = jnp.maximum(evals[order], 0.0) / jnp.maximum(n - 1, 1).astype(evals.dtype)
+    return evecs[:, order], _scale(var, whiten)
+
+
+def _scale(var, whiten):
+    scale = jnp.sqrt(var) if whiten else jnp.ones_like(var)
+    return jnp.where(scale > 0, scale, 1.0)
+
+
+@partial(jax.jit, static_argnames=("dim", "whiten"))
+def _svd_components(bt, n, *, dim, whiten):
+    u, s, _ = jnp.linalg.svd(bt, full_matrices=False)
+    return u[:, :dim], _scale((s[:dim] ** 2) / jnp.maximum(n - 1, 1).astype(s.dtype), whiten)
+
+
+@jax.jit
+def _qr(a):
+    return jnp.linalg.qr(a)[0]
 
 
 def _cmatmul(x, lab, means, w, dtype):
@@ -86,8 +152,10 @@ def _crmatmul(x, lab, means, u, dtype):
     return _centered_rmatmul(to_device(x, dtype), lab, means, u)
 
 
-def _pca_components(x, lab, means, dim: int, key, dtype, *, exact_max_dim: int = 2048, power_iters: int = 4):
-    """Top-``dim`` principal directions and variances of the (class-)centered data.
+def _pca_components(x, lab, means, dim: int, key, dtype, *, whiten: bool, exact_max_dim: int = 2048,
+                    power_iters: int = 4):
+    """Top-``dim`` principal directions of the (class-)centered data and the output scales
+    (the square roots of their variances with ``whiten``, else ones).
 
     Exact (eigh of the d x d scatter) for d <= ``exact_max_dim``; otherwise randomized
     subspace iteration (Halko et al. 2011) with ``dim + 10`` columns and ``power_iters``
@@ -95,20 +163,39 @@ def _pca_components(x, lab, means, dim: int, key, dtype, *, exact_max_dim: int =
     """
     n, d = x.shape
     if d <= exact_max_dim:
-        eye = jnp.eye(d, dtype=dtype)
-        scatter = _crmatmul(x, lab, means, _cmatmul(x, lab, means, eye, dtype), dtype)
-        evals, evecs = jnp.linalg.eigh((scatter + scatter.T) / 2)
-        order = jnp.argsort(-evals)[:dim]
-        return evecs[:, order], jnp.maximum(evals[order], 0.0) / max(n - 1, 1)
+        if is_host(x) and len(row_chunks(x)) > 1:
+            scatter = None
+            for sl in row_chunks(x):
+                part = _centered_scatter(to_device(x[sl], dtype), lab[sl], means)
+                scatter = part if scatter is None else scatter + part
+        else:
+            scatter = _centered_scatter(to_device(x, dtype), lab, means)
+        return _top_eigen(scatter, np.int32(n), dim=dim, whiten=whiten)
     l = min(d, dim + 10)
     omega = jax.random.normal(key, (d, l), dtype)
-    q, _ = jnp.linalg.qr(_cmatmul(x, lab, means, omega, dtype))
+    q = _qr(_cmatmul(x, lab, means, omega, dtype))
     for _ in range(power_iters):
-        z, _ = jnp.linalg.qr(_crmatmul(x, lab, means, q, dtype))
-        q, _ = jnp.linalg.qr(_cmatmul(x, lab, means, z, dtype))
+        z = _qr(_crmatmul(x, lab, means, q, dtype))
+        q = _qr(_cmatmul(x, lab, means, z, dtype))
     bt = _crmatmul(x, lab, means, q, dtype)  # (d, l) = Xc^T Q
-    u, s, _ = jnp.linalg.svd(bt, full_matrices=False)
-    return u[:, :dim], (s[:dim] ** 2) / max(n - 1, 1)
+    return _svd_components(bt, np.int32(n), dim=dim, whiten=whiten)
+
+
+@partial(jax.jit, static_argnames=("whiten",))
+def _own_scales(x, lab, means, *, whiten):
+    """Scales of an unprojected variable: its within-class std per column (or ones)."""
+    return _scale(jnp.var(x - means[lab], axis=0), whiten)
+
+
+@partial(jax.jit, static_argnames=("whiten",))
+def _random_map(x, lab, means, g, *, whiten):
+    """The common projection G / sqrt(d) and its output scales (root mean square of the
+    class-centered projection, or ones)."""
+    matrix = g / jnp.sqrt(jnp.asarray(g.shape[0], g.dtype))
+    if not whiten:
+        return matrix, jnp.ones((g.shape[1],), g.dtype)
+    proj = _centered_matmul(x, lab, means, matrix)
+    return matrix, _scale(jnp.mean(jnp.square(proj), axis=0), True)
 
 
 def fit_reduction(
@@ -128,33 +215,28 @@ def fit_reduction(
     dtype = float_dtype(x)
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
+    if method not in ("pca", "random"):
+        raise ValueError(f"method must be 'pca' or 'random', got {method!r}")
     if labels is not None:
         labels = np.asarray(labels)
         check_labels(labels, num_classes, "labels", batch=n)
         if num_classes is None:
             num_classes = int(np.max(labels)) + 1
-    means, lab = _class_means(x, labels, num_classes, dtype)
-    gmean = _class_means(x, None, 1, dtype)[0][0]
+    means, gmean, lab = _class_means(x, labels, num_classes, dtype)
     if d <= dim and method != "random":
-        matrix = None
-        proj = to_device(x, dtype) - means[lab]
-        scale = jnp.std(proj, axis=0) if whiten else jnp.ones((d,), dtype)
-        return Reduction(gmean, None, jnp.where(scale > 0, scale, 1.0))
+        return Reduction(gmean, None, _own_scales(to_device(x, dtype), lab, means, whiten=whiten))
     if method == "pca":
-        comps, var = _pca_components(x, lab, means, dim, key, dtype)
-        matrix = comps
-        scale = jnp.sqrt(var) if whiten else jnp.ones_like(var)
-    elif method == "random":
-        g = jax.random.normal(key, (d, dim), dtype) if shared_matrix is None else jnp.asarray(shared_matrix, dtype)[:d]
-        matrix = g / jnp.sqrt(jnp.asarray(d, dtype))
+        matrix, scale = _pca_components(x, lab, means, dim, key, dtype, whiten=whiten)
+        return Reduction(gmean, matrix, scale)
+    g = jax.random.normal(key, (d, dim), dtype) if shared_matrix is None else jnp.asarray(shared_matrix, dtype)[:d]
+    if is_host(x) and len(row_chunks(x)) > 1:  # streamed: the projection in row chunks
+        matrix = g / np.sqrt(d).astype(dtype)
+        scale = jnp.ones((dim,), dtype)
         if whiten:
             proj = _cmatmul(x, lab, means, matrix, dtype)
-            scale = jnp.sqrt(jnp.mean(jnp.square(proj), axis=0))
-        else:
-            scale = jnp.ones((dim,), dtype)
-    else:
-        raise ValueError(f"method must be 'pca' or 'random', got {method!r}")
-    scale = jnp.where(scale > 0, scale, 1.0)
+            scale = _scale(jnp.mean(jnp.square(proj), axis=0), True)
+        return Reduction(gmean, matrix, scale)
+    matrix, scale = _random_map(to_device(x, dtype), lab, means, g, whiten=whiten)
     return Reduction(gmean, matrix, scale)
 
 
