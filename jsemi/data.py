@@ -505,18 +505,28 @@ def _load_tiny_imagenet(split, *, data_dir, seed):
 _DIGITS_TEST_SIZE = 360
 
 
-def _load_digits(split, *, data_dir, seed, image_size: int = 8, pad: int = 0):
-    del data_dir, seed
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits as read-only (1797, 8, 8) float32 in [0, 1], int32 labels and the
+    fixed test mask; parsed once per process (sklearn re-reads its CSV at every call, ~0.25 s)."""
     from sklearn.datasets import load_digits
 
-    check_positive_int(image_size, "image_size")
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0 or image_size - 2 * pad < 1:
-        raise ValueError(f"pad must be an int in [0, (image_size - 1) / 2], got pad={pad!r}, image_size={image_size}")
     bunch = load_digits()
-    x = bunch.images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
+    x = bunch.images.astype(np.float32) / 16.0
     y = bunch.target.astype(np.int32)
     test = np.zeros(len(y), bool)
     test[stratified_indices(y, _DIGITS_TEST_SIZE, seed=0)] = True  # fixed split, independent of seed
+    for a in (x, y, test):
+        a.flags.writeable = False
+    return x, y, test
+
+
+def _load_digits(split, *, data_dir, seed, image_size: int = 8, pad: int = 0):
+    del data_dir, seed
+    check_positive_int(image_size, "image_size")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0 or image_size - 2 * pad < 1:
+        raise ValueError(f"pad must be an int in [0, (image_size - 1) / 2], got pad={pad!r}, image_size={image_size}")
+    x, y, test = _digits_arrays()
     keep = test if split == "test" else ~test
     x, y = x[keep], y[keep]
     inner = image_size - 2 * pad

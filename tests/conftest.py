@@ -46,3 +46,16 @@ def alg1_nets(alg1_data):
     from test_algorithms import make_nets
 
     return make_nets(alg1_data[0])
+
+
+@pytest.fixture(scope="session")
+def digits_runs(tmp_path_factory):
+    """Two finished run directories of test_bad_input's tiny SmallCNN on digits (256 train,
+    128 test images): "normal" (standard training, 2 epochs, checkpoints 1 and 2) and "robust"
+    (PGD-1, eps 0.1, 1 epoch); shared by the command-line tests of several files (read only)."""
+    from test_bad_input import _pretrain
+
+    root = tmp_path_factory.mktemp("digits_runs")
+    _pretrain(root / "normal")
+    _pretrain(root / "robust", epochs=1, mode="pgd", eps=0.1, attack_steps=1, attack_step_size=0.1)
+    return {"normal": root / "normal", "robust": root / "robust"}

@@ -412,19 +412,11 @@ def test_figures_are_written(tmp_path):
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_alg1_on_pretrained_runs(tmp_path):
+def test_cli_alg1_on_pretrained_runs(tmp_path, digits_runs):
     from jsemi.cli import main
-    from jsemi.pretrain import pretrain
 
-    # digits (8x8): the command line loads a dataset by name, and digits is small
-    tr, te = load_dataset("digits", "train", subset=256), load_dataset("digits", "test", subset=64)
-    base = TrainConfig(mode="standard", optimizer="adam", lr=1e-3, weight_decay=0.0, lr_schedule="constant", epochs=1,
-                       batch_size=64, eps=EPS, attack_steps=1, attack_step_size=EPS, augment=False, flip=False)
-    for kind, mode in (("normal", "standard"), ("robust", "pgd")):
-        pretrain(tmp_path / kind, "small_cnn", tr.images, tr.labels, te.images, te.labels,
-                 dataclasses.replace(base, mode=mode), num_classes=10, dataset="digits", model_kwargs=TINY_KW,
-                 progress=False, log=lambda s: None)
-    args = ["alg1", "--normal", str(tmp_path / "normal"), "--robust", str(tmp_path / "robust"), "--num-fb", "2",
+    # the session's tiny digits runs (tests/conftest.py): the command line loads a dataset by name
+    args = ["alg1", "--normal", str(digits_runs["normal"]), "--robust", str(digits_runs["robust"]), "--num-fb", "2",
             "--trials", "2", "--epochs", "1", "--attack-steps", "2", "--train-subset", "256", "--test-subset", "40",
             "--no-measure", "--no-progress", "--out", str(tmp_path / "alg1")]
     assert main(args) == 0

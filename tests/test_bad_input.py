@@ -50,11 +50,10 @@ def _pretrain(run, epochs=2, **kw):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A finished 2-epoch run of the tiny model on digits (checkpoints 1 and 2 kept)."""
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    _pretrain(run)
-    return run
+def tiny_run(digits_runs):
+    """A finished 2-epoch run of the tiny model on digits (checkpoints 1 and 2 kept), made once
+    per session (tests/conftest.py); tests that change a run copy it first."""
+    return digits_runs["normal"]
 
 
 @pytest.fixture(scope="module")

@@ -131,10 +131,10 @@ def test_bound_report_end_to_end_on_trained_cnn(trained_run, tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
 
 
-def test_cli_linear_writes_json_and_markdown(trained_run, tmp_path):
+def test_cli_linear_writes_json_and_markdown(digits_runs, tmp_path):
     from jsemi.cli import main
 
-    run, _ = trained_run
+    run = digits_runs["normal"]  # the session's tiny digits run (tests/conftest.py)
     lin = tmp_path / "lin"
     assert main(["linear", "--run", str(run), "--out", str(lin), "--split", "3", "--split", "5", "--attacks", "none,fgsm",
                  "--test-subset", "40", "--random-trials", "2", "--eps", "0.1"]) == 0

@@ -1,6 +1,6 @@
 """Data parallelism (jsemi.sharding) and mixed precision (jsemi.precision).
 
-The multi-device checks run in a subprocess (tests/sharding_checks.py) that sets
+The multi-device checks (make test-slow) run in a subprocess (tests/sharding_checks.py) that sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before importing JAX, and compare a
 training step, an ATTA step, an attack, an evaluation and per-example features on 8 CPU
 devices with the single-device results.  The remaining tests run in-process on the
@@ -29,6 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 
 
+# The eight-device checks: one subprocess that imports JAX and compiles every program twice
+# (single device and sharded), ~30 CPU-s whatever the device count: make test-slow, which CI
+# runs (.ci/run). make test keeps the same sharding functions on the default single device
+# (the in-process tests below).
+eight = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def eight_devices() -> dict:
     env = dict(os.environ)
@@ -44,11 +51,13 @@ def eight_devices() -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+@eight
 def test_eight_forced_devices(eight_devices):
     r = eight_devices
     assert r["devices"] == 8 and r["mesh_shards"] == 8
 
 
+@eight
 def test_sharded_train_step_matches_single_device(eight_devices):
     r = eight_devices
     assert r["train_params_moved"] > 1e-3  # the steps really changed the parameters
@@ -58,6 +67,7 @@ def test_sharded_train_step_matches_single_device(eight_devices):
     assert r["state_replicated"]
 
 
+@eight
 def test_sharded_atta_step_carries_sharded_perturbations(eight_devices):
     r = eight_devices
     assert r["atta_params_diff"] < TOL
@@ -65,11 +75,13 @@ def test_sharded_atta_step_carries_sharded_perturbations(eight_devices):
     assert r["atta_delta_sharded"]
 
 
+@eight
 def test_indivisible_training_batch_is_a_clear_error(eight_devices):
     msg = eight_devices["train_indivisible_error"]
     assert msg is not None and "not divisible by the 8 devices" in msg and "multiple of 8" in msg
 
 
+@eight
 def test_sharded_attack_matches_and_pads(eight_devices):
     r = eight_devices
     for n in (16, 13):  # 13: padded to 16 over 8 devices, trimmed back
@@ -79,6 +91,7 @@ def test_sharded_attack_matches_and_pads(eight_devices):
         assert r[f"attack_{n}_linf"] <= 0.1 + 1e-6
 
 
+@eight
 def test_sharded_evaluation_matches(eight_devices):
     a, b = eight_devices["eval_single"], eight_devices["eval_sharded"]
     assert a["n"] == b["n"] == 50
@@ -87,6 +100,7 @@ def test_sharded_evaluation_matches(eight_devices):
     assert abs(a["adv_acc"] - b["adv_acc"]) <= 1 / 50
 
 
+@eight
 def test_sharded_features_for_estimators(eight_devices):
     assert eight_devices["features_diff"] < 1e-5
 
