@@ -15,8 +15,7 @@ import pytest
 from jsemi import checkpoint
 from jsemi.cli import main
 from jsemi.models import get_model, init_model
-from jsemi.pretrain import RunMismatchError, load_trained, pretrain
-from jsemi.train import TrainConfig
+from jsemi.pretrain import load_trained
 
 # digits (8x8): the same programs as 28x28 images at a tenth of the run time
 COMMON = ["--model", "small_cnn", "--dataset", "digits", "--train-subset", "256", "--test-subset", "128",
@@ -66,17 +65,6 @@ def test_killed_train_process_resumes_from_last_checkpoint(tmp_path):
     hist = _history(run)
     assert [r["epoch"] for r in hist] == [1, 2, 3, 4, 5, 6]
     assert hist[0]["train_loss"] == first["train_loss"]
-
-
-def test_run_dir_with_other_settings_is_refused(tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (128, 28, 28, 1), dtype=np.uint8)
-    y = rng.integers(0, 10, 128).astype(np.int32)
-    cfg = TrainConfig(optimizer="adam", lr=1e-3, epochs=1, batch_size=64, augment=False)
-    pretrain(tmp_path, "small_cnn", x, y, x, y, cfg, num_classes=10, progress=False, log=lambda s: None)
-    with pytest.raises(RunMismatchError, match="other settings"):
-        pretrain(tmp_path, "small_cnn", x, y, x, y, TrainConfig(optimizer="adam", lr=2e-3, epochs=1, batch_size=64,
-                 augment=False), num_classes=10, progress=False, log=lambda s: None)
 
 
 @pytest.mark.parametrize("argv, msg", [
