@@ -21,8 +21,8 @@ AutoAttack-member programs on a 4-class linear model, first call 9.4 / 8.1 -> 6.
 ``--xla_cpu_parallel_codegen_split_count=1`` (one LLVM module per program instead of splitting
 it for parallel code generation, which costs CPU for the split and the duplicated set-up; on
 2 cores it bought wall time only), measured 2026-12-03, same machine, same hour, load ~1.1:
-the whole default suite 476.3 -> 415.5 CPU-s (-13 %) at about the same wall time (6:01 vs
-6:00), and on fresh clones 490.6 -> 398.7 / 404.7 CPU-s (benchmarks/RESULTS.md, session 8);
+the whole default suite 476.3 -> 415.5 CPU-s (-13 %) at about the same wall time (6:11 vs
+6:01), and on fresh clones 490.6 -> 398.7 / 404.7 CPU-s (benchmarks/RESULTS.md, session 8);
 tests/test_robust_training.py + test_evaluation.py 57.4 / 57.3 -> 49.5 CPU-s;
 tests/test_attacks.py 87.6 -> 83.3 CPU-s (wall 64 -> 76 s there).
 
